@@ -1,0 +1,25 @@
+"""minilib: the small library grown alongside *Efficient Deep Learning from Scratch*.
+
+Use it as ``import minilib as ml``. Each chapter of the book derives a technique,
+checks it against PyTorch, and then adds it here; later chapters use it from here.
+
+=================  ===========================================================
+``ml.env``         device, seeds, scales (``BOOK_SCALE``), the banner
+``ml.data``        datasets (download, checksum, loaders), device-resident batches
+``ml.train``       ``fit``, ``evaluate``, the cache of trained models
+``ml.bench``       timing, throughput, peak memory, FLOPs, parameter counts, tables
+``ml.plot``        house style, learning curves, Pareto fronts, image grids
+``ml.models``      ResNet-9 CNN, ViT, CharGPT, MLP with pluggable parts
+``ml.baselines``   chapter 1's trained baselines, reused by every later chapter
+=================  ===========================================================
+"""
+
+from . import env, data, bench, plot, models, train, baselines  # noqa: F401
+from .display import glue, show
+from .env import describe, device, pick, scale, seed_all
+
+__version__ = "0.1.0"
+__all__ = [
+    "env", "data", "bench", "plot", "models", "train", "baselines",
+    "show", "glue", "describe", "device", "pick", "scale", "seed_all",
+]
