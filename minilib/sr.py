@@ -1,0 +1,595 @@
+"""Chapter 8: super-resolution, from the bicubic baseline to sub-pixel convolution.
+
+A super-resolution (SR) network maps a low-resolution (LR) image to a high-resolution (HR)
+one ``scale`` times larger on each side. Papers compare on a fixed protocol, and a number
+is only comparable when every step of the protocol is the same, so this module holds the
+protocol as well as the networks:
+
+1. **Degrade**: ``hr = modcrop(img, s)`` (sizes divisible by ``s``), then
+   ``lr = quantize(imresize(hr, 1/s))``: MATLAB's bicubic ``imresize`` with antialiasing,
+   rounded to 8-bit levels as if it were saved to disk (:func:`make_pair`).
+2. **Upscale**: bicubic (``imresize(lr, s)``, the baseline) or a network.
+3. **Measure**: quantize the output to 8-bit levels, convert both images to the luma
+   channel Y of ITU-R BT.601 (MATLAB's ``rgb2ycbcr``), crop ``s`` pixels off each border,
+   then PSNR and SSIM (:func:`psnr`, :func:`ssim`, :func:`evaluate`).
+
+With these steps the bicubic baseline on Set5 reads 33.66 / 30.39 / 28.42 dB at x2/x3/x4,
+the numbers printed in SRCNN, FSRCNN, VDSR, EDSR and most papers since.
+
+Networks (all small and fully convolutional, so any image size works):
+
+=============  ====================================  ========================================
+network        input                                  upsampling
+=============  ====================================  ========================================
+``SRCNN``      bicubic-upscaled image, HR size        none: all convs run at HR resolution
+``FSRCNN``     LR image                               transposed conv at the end
+``ESPCN``      LR image                               sub-pixel conv: conv to C*r^2 channels,
+                                                      then :func:`pixel_shuffle`
+=============  ====================================  ========================================
+
+Moving the upsampling from the input (SRCNN) to the output (FSRCNN, ESPCN) is the whole
+efficiency story: every conv then runs on ``scale**2`` times fewer pixels.
+
+References: Dong, Loy, He & Tang, "Image Super-Resolution Using Deep Convolutional
+Networks" (SRCNN, ECCV 2014 / TPAMI 2016); Dong, Loy & Tang, "Accelerating the
+Super-Resolution Convolutional Neural Network" (FSRCNN, ECCV 2016); Shi et al.,
+"Real-Time Single Image and Video Super-Resolution Using an Efficient Sub-Pixel
+Convolutional Neural Network" (ESPCN, CVPR 2016); Keys, "Cubic convolution interpolation
+for digital image processing" (IEEE TASSP 1981); Wang, Bovik, Sheikh & Simoncelli, "Image
+quality assessment: from error visibility to structural similarity" (SSIM, IEEE TIP 2004).
+
+Conventions: images are float tensors in ``[0, 1]``, ``(C, H, W)`` or ``(B, C, H, W)``,
+RGB channel order. The Y channel keeps its channel dim: ``(1, H, W)`` / ``(B, 1, H, W)``,
+so it feeds the 1-channel networks directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    # color and the evaluation protocol
+    "rgb_to_y", "rgb_to_ycbcr", "ycbcr_to_rgb", "quantize", "modcrop",
+    "psnr", "ssim", "make_pair", "evaluate",
+    # resizing and sub-pixel shuffling
+    "imresize", "resize_weights", "pixel_shuffle",
+    # networks
+    "SRCNN", "FSRCNN", "ESPCN",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Input checks shared by every function
+# ---------------------------------------------------------------------------------------
+
+def _check_image(x: Tensor, who: str, channels: Sequence[int] | None = None) -> None:
+    """``x`` must be a float ``(C, H, W)`` or ``(B, C, H, W)`` tensor, C in ``channels``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who} expects a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise TypeError(
+            f"{who} expects a float image in [0, 1], got dtype {x.dtype}; convert uint8 "
+            f"images with img.float() / 255")
+    if x.dim() not in (3, 4):
+        raise ValueError(
+            f"{who} expects an image (C, H, W) or a batch (B, C, H, W), got shape "
+            f"{list(x.shape)}; add a channel dim to a (H, W) image with img[None]")
+    if channels is not None and x.shape[-3] not in channels:
+        want = " or ".join(str(c) for c in channels)
+        raise ValueError(
+            f"{who} expects {want} channels (dim -3), got shape {list(x.shape)}; images are "
+            f"channels-first (C, H, W): use img.permute(2, 0, 1) for an (H, W, C) array")
+
+
+def _check_scale_int(scale: int, who: str) -> int:
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"{who}: scale must be a positive int (2, 3, 4, ...), got {scale!r}")
+    return scale
+
+
+# ---------------------------------------------------------------------------------------
+# Color: ITU-R BT.601 YCbCr on the "studio" range, as MATLAB's rgb2ycbcr
+#
+#   Y  = ( 16 +  65.481 R + 128.553 G +  24.966 B) / 255      R, G, B in [0, 1]
+#   Cb = (128 -  37.797 R -  74.203 G + 112.000 B) / 255      Y  in [16/255, 235/255]
+#   Cr = (128 + 112.000 R -  93.786 G -  18.214 B) / 255      Cb, Cr in [16/255, 240/255]
+#
+# SR papers measure on Y only: the eye is most sensitive to luma, and the early networks
+# (SRCNN, FSRCNN, ESPCN) upscale Y alone and leave Cb, Cr to bicubic.
+# ---------------------------------------------------------------------------------------
+
+_YCBCR_MATRIX = (
+    (65.481, 128.553, 24.966),
+    (-37.797, -74.203, 112.0),
+    (112.0, -93.786, -18.214),
+)
+_YCBCR_OFFSET = (16.0, 128.0, 128.0)
+
+
+def _color_transform(x: Tensor, matrix: Tensor, offset: Tensor) -> Tensor:
+    """``out[..., i, h, w] = sum_j matrix[i, j] * x[..., j, h, w] + offset[i]``."""
+    matrix = matrix.to(x.dtype).to(x.device)
+    offset = offset.to(x.dtype).to(x.device)
+    return torch.einsum("ij,...jhw->...ihw", matrix, x) + offset[:, None, None]
+
+
+def rgb_to_y(img: Tensor) -> Tensor:
+    """Luma Y of BT.601 on the 16-235 range, as ``rgb2ycbcr(img)(:, :, 1)`` in MATLAB.
+
+    Args:
+        img: float RGB in ``[0, 1]``, ``(3, H, W)`` or ``(B, 3, H, W)``.
+    Returns:
+        Y in ``[16/255, 235/255]``, ``(1, H, W)`` or ``(B, 1, H, W)`` (the channel dim is
+        kept), same dtype. ``Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255``.
+    """
+    _check_image(img, "rgb_to_y", channels=(3,))
+    matrix = torch.tensor(_YCBCR_MATRIX[:1], dtype=torch.float64) / 255
+    offset = torch.tensor(_YCBCR_OFFSET[:1], dtype=torch.float64) / 255
+    return _color_transform(img, matrix, offset)
+
+
+def rgb_to_ycbcr(img: Tensor) -> Tensor:
+    """RGB ``(3, H, W)`` / ``(B, 3, H, W)`` in ``[0, 1]`` -> YCbCr (BT.601, studio range).
+
+    Channel 0 is :func:`rgb_to_y`; channels 1, 2 are Cb, Cr (equations above), all / 255.
+    """
+    _check_image(img, "rgb_to_ycbcr", channels=(3,))
+    matrix = torch.tensor(_YCBCR_MATRIX, dtype=torch.float64) / 255
+    offset = torch.tensor(_YCBCR_OFFSET, dtype=torch.float64) / 255
+    return _color_transform(img, matrix, offset)
+
+
+def ycbcr_to_rgb(img: Tensor) -> Tensor:
+    """Inverse of :func:`rgb_to_ycbcr`: ``RGB = M^-1 (YCbCr - offset)``. Not clamped."""
+    _check_image(img, "ycbcr_to_rgb", channels=(3,))
+    inverse = torch.linalg.inv(torch.tensor(_YCBCR_MATRIX, dtype=torch.float64) / 255)
+    offset = torch.tensor(_YCBCR_OFFSET, dtype=torch.float64) / 255
+    return _color_transform(img, inverse, -(inverse @ offset))
+
+
+# ---------------------------------------------------------------------------------------
+# Small protocol steps
+# ---------------------------------------------------------------------------------------
+
+def quantize(img: Tensor) -> Tensor:
+    """Round a float image to the 256 levels of an 8-bit image: ``round(clamp(x) * 255) / 255``.
+
+    Published numbers are measured on images saved as 8-bit files, so the network output
+    (and the bicubic LR input) must be clamped and rounded the same way before measuring.
+    We round half up (``floor(v + 0.5)``) as MATLAB's ``uint8()`` does for non-negative
+    values; ``torch.round`` would round half to even. Any shape, same dtype.
+    """
+    if not torch.is_floating_point(img):
+        raise TypeError(f"quantize expects a float image in [0, 1], got dtype {img.dtype}")
+    return torch.floor(img.clamp(0, 1) * 255 + 0.5) / 255
+
+
+def modcrop(img: Tensor, scale: int) -> Tensor:
+    """Crop the bottom/right of ``(..., H, W)`` so that H and W are multiples of ``scale``.
+
+    Then ``hr -> lr -> sr`` gives back exactly the HR size. Returns a view.
+    """
+    _check_scale_int(scale, "modcrop")
+    if img.dim() < 2:
+        raise ValueError(f"modcrop expects (..., H, W), got shape {list(img.shape)}")
+    h, w = img.shape[-2:]
+    if h < scale or w < scale:
+        raise ValueError(f"modcrop: image {h}x{w} is smaller than scale {scale}")
+    return img[..., : h - h % scale, : w - w % scale]
+
+
+# ---------------------------------------------------------------------------------------
+# PSNR and SSIM on the Y channel (the "MATLAB" protocol of SRCNN ... SwinIR)
+# ---------------------------------------------------------------------------------------
+
+def _prepare(a: Tensor, b: Tensor, shave: int, y_channel: bool, who: str) -> tuple[Tensor, Tensor]:
+    """Check, convert to Y, shave borders, scale to [0, 255] in float64: ``(B, C, H', W')``."""
+    _check_image(a, who, channels=(1, 3))
+    _check_image(b, who, channels=(1, 3))
+    if a.dim() != b.dim():
+        raise ValueError(f"{who}: both inputs must be single images or both batches, got "
+                         f"shapes {list(a.shape)} and {list(b.shape)}")
+    if isinstance(shave, bool) or not isinstance(shave, int) or shave < 0:
+        raise ValueError(f"{who}: shave must be an int >= 0 (the scale factor), got {shave!r}")
+    # A 1-channel input is taken to be Y already (a Y-only network's output, or rgb_to_y).
+    if y_channel:
+        a = rgb_to_y(a) if a.shape[-3] == 3 else a
+        b = rgb_to_y(b) if b.shape[-3] == 3 else b
+    if a.shape != b.shape:
+        raise ValueError(f"{who}: images must have the same shape, got {list(a.shape)} and "
+                         f"{list(b.shape)}; crop the HR image with modcrop(hr, scale)")
+    h, w = a.shape[-2:]
+    if 2 * shave >= min(h, w):
+        raise ValueError(f"{who}: shave={shave} leaves nothing of a {h}x{w} image")
+    if shave:
+        a = a[..., shave:-shave, shave:-shave]
+        b = b[..., shave:-shave, shave:-shave]
+    # float64 on the [0, 255] scale, as the reference MATLAB / NumPy code computes.
+    a = a.detach().to(torch.float64) * 255
+    b = b.detach().to(torch.float64) * 255
+    return (a, b) if a.dim() == 4 else (a[None], b[None])
+
+
+def _per_image(values: Tensor, batched: bool) -> float | Tensor:
+    return values if batched else float(values[0])
+
+
+def psnr(a: Tensor, b: Tensor, shave: int = 0, y_channel: bool = True) -> float | Tensor:
+    """Peak signal-to-noise ratio in dB, ``10 log10(255^2 / MSE)`` on the 0-255 scale.
+
+    Args:
+        a, b: float images in ``[0, 1]``, ``(C, H, W)`` or ``(B, C, H, W)``, C = 3 (RGB) or
+            1 (taken as Y already). Pass 8-bit-level images (:func:`quantize`) to match
+            published numbers.
+        shave: pixels cropped from each border before measuring (the scale factor, by
+            convention: the border of an upscaled image is not well defined).
+        y_channel: measure on Y (:func:`rgb_to_y`); else on all channels.
+    Returns:
+        a float for one image; a float64 ``(B,)`` tensor (one PSNR per image) for a batch.
+        Identical images give ``inf``.
+    """
+    batched = a.dim() == 4
+    x, y = _prepare(a, b, shave, y_channel, "psnr")
+    mse = (x - y).pow(2).mean(dim=(1, 2, 3))
+    return _per_image(10 * torch.log10(255.0**2 / mse), batched)
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_1d(size: int, sigma: float) -> Tensor:
+    """1-D factor of MATLAB's ``fspecial('gaussian', size, sigma)``, which is ``outer(g, g)``.
+
+    ``g(x) ~ exp(-x^2 / 2 sigma^2)`` normalized to sum 1, so ``outer(g, g)`` sums to 1 too.
+    """
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _gaussian_filter_valid(x: Tensor, g: Tensor) -> Tensor:
+    """'valid' 2-D filtering of ``(..., H, W)`` by the separable window ``outer(g, g)``.
+
+    Like :func:`imresize`, each axis is a matrix: ``(H - k + 1, H)`` with ``g`` on the band
+    ``G[i, i:i+k]``, so ``out = G_H @ x @ G_W^T``: two BLAS matmuls, fast even in float64.
+    """
+    k = g.numel()
+    h, w = x.shape[-2:]
+    g = g.to(x.device, x.dtype)
+
+    def band(n: int) -> Tensor:                          # (n - k + 1, n)
+        rows = torch.arange(n - k + 1, device=x.device)
+        m = torch.zeros(n - k + 1, n, dtype=x.dtype, device=x.device)
+        cols = rows[:, None] + torch.arange(k, device=x.device)
+        return m.scatter_(1, cols, g.expand(n - k + 1, k))
+
+    return band(h) @ x @ band(w).T
+
+
+def ssim(a: Tensor, b: Tensor, shave: int = 0, y_channel: bool = True) -> float | Tensor:
+    """Structural similarity (Wang et al. 2004), the ``ssim_index.m`` / SwinIR convention.
+
+    Local statistics under an 11x11 Gaussian window ``w`` (sigma 1.5), 'valid' filtering
+    (no padding), on the 0-255 scale (L = 255):
+
+        mu_a = w * a,   sigma_a^2 = w * a^2 - mu_a^2,   sigma_ab = w * (a b) - mu_a mu_b
+        SSIM = (2 mu_a mu_b + C1)(2 sigma_ab + C2)
+               / ((mu_a^2 + mu_b^2 + C1)(sigma_a^2 + sigma_b^2 + C2))
+
+    with ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``; the score is the mean of the SSIM map
+    (over channels too when ``y_channel=False``). Arguments and return as :func:`psnr`.
+    """
+    batched = a.dim() == 4
+    x, y = _prepare(a, b, shave, y_channel, "ssim")
+    if min(x.shape[-2:]) < 11:
+        raise ValueError(f"ssim needs at least 11x11 pixels after shaving, got "
+                         f"{list(x.shape[-2:])}")
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    n = x.shape[0]
+    # Every channel is filtered alone; the five local statistics in one batched call.
+    stats = _gaussian_filter_valid(torch.stack([x, y, x * x, y * y, x * y]), _gaussian_1d(11, 1.5))
+    mu_x, mu_y, e_xx, e_yy, e_xy = stats.unbind(0)
+    var_x, var_y, cov = e_xx - mu_x**2, e_yy - mu_y**2, e_xy - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return _per_image(ssim_map.reshape(n, -1).mean(dim=1), batched)
+
+
+# ---------------------------------------------------------------------------------------
+# MATLAB-compatible bicubic resize
+#
+# Keys' cubic convolution kernel with a = -0.5 (support [-2, 2]):
+#
+#   k(x) = 1.5|x|^3 - 2.5|x|^2 + 1                 |x| <= 1
+#        = -0.5|x|^3 + 2.5|x|^2 - 4|x| + 2         1 < |x| <= 2
+#        = 0                                       otherwise
+#
+# Output pixel x (1-based) sits at input coordinate  u = x / s + 0.5 (1 - 1/s),  which
+# aligns pixel *centres* (corner-aligned grids, PyTorch's align_corners=False). When
+# shrinking (s < 1) the kernel is stretched to k_s(x) = s k(s x), width 4 / s, so it
+# averages over every input pixel that falls under one output pixel (antialiasing).
+# Taps outside the image are mirrored (half-sample symmetric; 1-based: 0 -> 1, -1 -> 2,
+# n + 1 -> n, ...).
+# Each axis is a linear map, i.e. an (out, in) matrix, and a 2-D resize is two matmuls.
+# ---------------------------------------------------------------------------------------
+
+def _cubic(x: Tensor) -> Tensor:
+    """Keys (1981) cubic convolution kernel with a = -0.5 (MATLAB's ``cubic``)."""
+    ax = x.abs()
+    ax2, ax3 = ax**2, ax**3
+    near = (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1)
+    far = (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
+    return near + far
+
+
+@functools.lru_cache(maxsize=64)
+def resize_weights(in_len: int, out_len: int, scale: float, antialias: bool = True) -> Tensor:
+    """The ``(out_len, in_len)`` float64 matrix of a 1-D MATLAB bicubic resize by ``scale``.
+
+    Row ``i`` holds the weights output pixel ``i`` gives to each input pixel; rows sum to 1.
+    This is MATLAB's ``contributions()`` with its mirrored indices folded into a dense matrix.
+    Cached; do not modify the returned tensor.
+    """
+    kernel_width = 4.0
+    if scale < 1 and antialias:                       # stretch the kernel to low-pass filter
+        kernel: Callable[[Tensor], Tensor] = lambda t: scale * _cubic(scale * t)  # noqa: E731
+        kernel_width /= scale
+    else:
+        kernel = _cubic
+    x = torch.arange(1, out_len + 1, dtype=torch.float64)        # output pixels, 1-based
+    u = x / scale + 0.5 * (1 - 1 / scale)                         # their input coordinates
+    left = torch.floor(u - kernel_width / 2)                      # first tap
+    taps = math.ceil(kernel_width) + 2                            # enough taps to cover it
+    idx = left[:, None] + torch.arange(taps, dtype=torch.float64)  # (out, taps), 1-based
+    w = kernel(u[:, None] - idx)
+    w = w / w.sum(dim=1, keepdim=True)                            # rows sum to 1
+    # Mirror out-of-range taps: MATLAB indexes [1..n, n..1] periodically (0-based below).
+    j = torch.remainder(idx.long() - 1, 2 * in_len)
+    j = torch.where(j < in_len, j, 2 * in_len - 1 - j)
+    return torch.zeros(out_len, in_len, dtype=torch.float64).scatter_add_(1, j, w)
+
+
+def _out_len(n: int, scale: float) -> int:
+    """``ceil(n * scale)``, ignoring float noise (e.g. ``255 * (1/3)`` is not above 85)."""
+    v = n * scale
+    return round(v) if abs(v - round(v)) < 1e-9 else math.ceil(v)
+
+
+def imresize(img: Tensor, scale: float, *, antialias: bool = True) -> Tensor:
+    """Bicubic resize of ``(C, H, W)`` or ``(B, C, H, W)`` by ``scale``, as MATLAB's ``imresize``.
+
+    Output size ``(ceil(H * scale), ceil(W * scale))``; same dtype (computed in float32,
+    or float64 for float64 input) and device. Values are not clamped: bicubic overshoots a
+    little at edges, so :func:`quantize` before saving or measuring. ``antialias=False``
+    keeps the narrow kernel when shrinking (aliasing; MATLAB's ``'Antialiasing', false``).
+
+    This is the resize behind the published bicubic baselines and the LR inputs of SR
+    benchmarks. ``F.interpolate(mode="bicubic")`` uses Keys' a = -0.75 and so is sharper:
+    as the upscaler of the Set5 baseline it reads 0.2-0.3 dB above the published numbers.
+    ``F.interpolate(mode="bicubic", antialias=True)`` uses a = -0.5 too and differs from
+    this function only near the border, where the kernel reaches outside the image (it
+    renormalizes the weights there instead of mirroring the image).
+    """
+    _check_image(img, "imresize")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+            or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"imresize: scale must be a positive number (2, 0.5, 1/3), "
+                         f"got {scale!r}")
+    h, w = img.shape[-2:]
+    out_h, out_w = _out_len(h, scale), _out_len(w, scale)
+    dtype = torch.float64 if img.dtype == torch.float64 else torch.float32
+    wh = resize_weights(h, out_h, float(scale), antialias).to(img.device, dtype)  # (H', H)
+    ww = resize_weights(w, out_w, float(scale), antialias).to(img.device, dtype)  # (W', W)
+    x = img.to(dtype)
+    x = torch.einsum("oh,...hw->...ow", wh, x)       # resize the rows:    (.., H', W)
+    x = torch.einsum("...hw,pw->...hp", x, ww)       # then the columns:   (.., H', W')
+    return x.to(img.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark protocol in two functions
+# ---------------------------------------------------------------------------------------
+
+def _to_float(img: Tensor) -> Tensor:
+    """uint8 (as ``ml.data.sr_images`` returns) -> float in [0, 1]; float passes through."""
+    return img.float() / 255 if img.dtype == torch.uint8 else img
+
+
+def make_pair(hr: Tensor, scale: int) -> tuple[Tensor, Tensor]:
+    """The ``(hr, lr)`` pair of an SR benchmark: ``modcrop``, then bicubic down, then ``quantize``.
+
+    ``hr = modcrop(hr, s)``, ``lr = quantize(imresize(hr, 1 / s))``.
+
+    ``hr``: ``(C, H, W)`` or ``(B, C, H, W)``, float in ``[0, 1]`` or uint8. Returns floats:
+    HR ``(.., s h, s w)`` and LR ``(.., h, w)`` on 8-bit levels, as saved LR files are.
+    """
+    _check_scale_int(scale, "make_pair")
+    hr = modcrop(_to_float(hr), scale)
+    return hr, quantize(imresize(hr, 1 / scale))
+
+
+@torch.no_grad()
+def evaluate(upscale: Callable[[Tensor], Tensor], images: Sequence[Tensor], scale: int,
+             *, y_channel: bool = True) -> dict[str, float]:
+    """Mean PSNR and SSIM of ``upscale`` over a set of HR images, on the standard protocol.
+
+    Args:
+        upscale: maps LR ``(1, 3, h, w)`` float in ``[0, 1]`` to SR ``(1, 3, sh, sw)`` RGB,
+            or ``(1, 1, sh, sw)`` Y (for networks that upscale Y only). Bicubic baseline:
+            ``lambda lr: imresize(lr, scale)``. Its output is quantized before measuring.
+            ``lr`` is on the CPU: move it in ``upscale`` for a GPU model, and put the model
+            in ``eval()`` mode first (gradients are off here).
+        images: HR images ``(3, H, W)``, uint8 or float (e.g. ``ml.data.sr_images("Set5")``).
+        scale: 2, 3, 4, ...; also the border ``shave``.
+    Returns:
+        ``{"psnr": dB, "ssim": ...}``, means over the images (as papers report them).
+    """
+    _check_scale_int(scale, "evaluate")
+    if len(images) == 0:
+        raise ValueError("evaluate needs at least one HR image")
+    p, s = [], []
+    for img in images:
+        hr, lr = make_pair(img, scale)
+        sr = quantize(upscale(lr[None]))
+        hr = hr[None].to(sr.device)
+        if sr.shape[-2:] != hr.shape[-2:]:
+            raise ValueError(f"evaluate: upscale returned {list(sr.shape)} for LR "
+                             f"{list(lr[None].shape)}; expected (1, 3 or 1, "
+                             f"{hr.shape[-2]}, {hr.shape[-1]})")
+        p.append(float(psnr(sr, hr, shave=scale, y_channel=y_channel)[0]))
+        s.append(float(ssim(sr, hr, shave=scale, y_channel=y_channel)[0]))
+    return {"psnr": sum(p) / len(p), "ssim": sum(s) / len(s)}
+
+
+# ---------------------------------------------------------------------------------------
+# Sub-pixel convolution: pixel shuffle (Shi et al., CVPR 2016)
+#
+# A conv produces C r^2 channels at LR resolution; pixel shuffle rearranges them into
+# C channels at r times the resolution:
+#
+#   out[b, c, h r + i, w r + j] = in[b, c r^2 + i r + j, h, w]      0 <= i, j < r
+#
+# No arithmetic, only a reshape and a permute: upsampling becomes a learned conv at LR
+# resolution, r^2 times cheaper than convolving the upscaled image.
+# ---------------------------------------------------------------------------------------
+
+def pixel_shuffle(x: Tensor, r: int) -> Tensor:
+    """``(*, C r^2, H, W)`` -> ``(*, C, H r, W r)``, the same as ``F.pixel_shuffle(x, r)``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"pixel_shuffle expects a torch.Tensor, got {type(x).__name__}")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"pixel_shuffle: upscale factor r must be a positive int, got {r!r}")
+    if x.dim() < 3:
+        raise ValueError(f"pixel_shuffle expects (*, C*r^2, H, W), got shape {list(x.shape)}")
+    *lead, c_in, h, w = x.shape
+    if c_in % (r * r):
+        raise ValueError(
+            f"pixel_shuffle: {c_in} channels are not divisible by r^2 = {r * r}; the conv "
+            f"before it must output C * r^2 channels (e.g. {r * r} or {3 * r * r})")
+    c = c_in // (r * r)
+    x = x.reshape(*lead, c, r, r, h, w)                  # channel c*r^2 + i*r + j -> (c, i, j)
+    n = len(lead)
+    # (.., c, i, j, h, w) -> (.., c, h, i, w, j): row h*r + i, column w*r + j
+    x = x.permute(*range(n), n, n + 3, n + 1, n + 4, n + 2)
+    return x.reshape(*lead, c, h * r, w * r)
+
+
+# ---------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------
+
+class SRCNN(nn.Module):
+    """SRCNN (Dong et al., ECCV 2014 / TPAMI 2016): three convs on the bicubic-upscaled image.
+
+    The three layers are read as patch extraction (``f1 x f1``, ``n1`` filters), non-linear
+    mapping (``f2 x f2``, ``n2``) and reconstruction (``f3 x f3``), with ReLU between.
+    Defaults are the 9-5-5 variant of the TPAMI paper. We pad ("same") so the output has
+    the input's size; the paper used 'valid' convs and a smaller target.
+
+    Input and output: ``(B, num_channels, H, W)`` at HR size (upscale with :func:`imresize`
+    first). Every conv runs at HR resolution, which is what FSRCNN and ESPCN avoid.
+    """
+
+    def __init__(self, num_channels: int = 1, f1: int = 9, f2: int = 5, f3: int = 5,
+                 n1: int = 64, n2: int = 32) -> None:
+        super().__init__()
+        for name, k in (("f1", f1), ("f2", f2), ("f3", f3)):
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"SRCNN: kernel size {name}={k} must be odd, so padding "
+                                 f"k // 2 keeps the image size")
+        self.num_channels = num_channels
+        self.body = nn.Sequential(
+            nn.Conv2d(num_channels, n1, f1, padding=f1 // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(n1, n2, f2, padding=f2 // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(n2, num_channels, f3, padding=f3 // 2),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` bicubic-upscaled -> ``(B, C, H, W)`` restored."""
+        _check_net_input(x, self.num_channels, "SRCNN")
+        return self.body(x)
+
+
+class FSRCNN(nn.Module):
+    """FSRCNN (Dong, Loy & Tang, ECCV 2016): work at LR size, upsample with a deconvolution.
+
+    feature extraction ``5x5 -> d``, shrinking ``1x1 -> s``, ``m`` mapping layers
+    ``3x3 s -> s``, expanding ``1x1 -> d`` (each followed by PReLU), then a ``9x9``
+    transposed conv with stride ``scale``. With ``padding=4`` and
+    ``output_padding=scale-1`` its output is ``(h - 1) scale - 8 + 9 + scale - 1 = h scale``.
+    Initialisation follows the paper: He-normal convs, deconv weights N(0, 0.001^2).
+
+    Input ``(B, C, h, w)`` LR -> output ``(B, C, h scale, w scale)``.
+    """
+
+    def __init__(self, scale: int, num_channels: int = 1, d: int = 56, s: int = 12,
+                 m: int = 4) -> None:
+        super().__init__()
+        _check_scale_int(scale, "FSRCNN")
+        self.scale, self.num_channels = scale, num_channels
+        layers: list[nn.Module] = [nn.Conv2d(num_channels, d, 5, padding=2), nn.PReLU(d),
+                                   nn.Conv2d(d, s, 1), nn.PReLU(s)]
+        for _ in range(m):
+            layers += [nn.Conv2d(s, s, 3, padding=1), nn.PReLU(s)]
+        layers += [nn.Conv2d(s, d, 1), nn.PReLU(d)]
+        self.body = nn.Sequential(*layers)
+        self.upsample = nn.ConvTranspose2d(d, num_channels, 9, stride=scale, padding=4,
+                                           output_padding=scale - 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for mod in self.body:
+            if isinstance(mod, nn.Conv2d):
+                # He et al. 2015: std = sqrt(2 / fan_out), fan_out = out_channels * k * k
+                fan_out = mod.out_channels * mod.kernel_size[0] * mod.kernel_size[1]
+                nn.init.normal_(mod.weight, 0.0, math.sqrt(2 / fan_out))
+                nn.init.zeros_(mod.bias)
+        nn.init.normal_(self.upsample.weight, 0.0, 0.001)
+        nn.init.zeros_(self.upsample.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, h, w)`` LR -> ``(B, C, h scale, w scale)``."""
+        _check_net_input(x, self.num_channels, "FSRCNN")
+        return self.upsample(self.body(x))
+
+
+class ESPCN(nn.Module):
+    """ESPCN (Shi et al., CVPR 2016): convs at LR size, then a sub-pixel convolution.
+
+    ``f1 x f1 -> n1``, tanh, ``f2 x f2 -> n2``, tanh, ``f3 x f3 -> C scale^2``, then
+    :func:`pixel_shuffle` rearranges the ``scale^2`` channel groups into a ``scale`` times
+    larger image. The paper's defaults: 5-3-3 kernels, 64 and 32 filters.
+
+    Input ``(B, C, h, w)`` LR -> output ``(B, C, h scale, w scale)``.
+    """
+
+    def __init__(self, scale: int, num_channels: int = 1, n1: int = 64, n2: int = 32,
+                 f1: int = 5, f2: int = 3, f3: int = 3) -> None:
+        super().__init__()
+        _check_scale_int(scale, "ESPCN")
+        for name, k in (("f1", f1), ("f2", f2), ("f3", f3)):
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"ESPCN: kernel size {name}={k} must be odd")
+        self.scale, self.num_channels = scale, num_channels
+        self.body = nn.Sequential(
+            nn.Conv2d(num_channels, n1, f1, padding=f1 // 2), nn.Tanh(),
+            nn.Conv2d(n1, n2, f2, padding=f2 // 2), nn.Tanh(),
+            nn.Conv2d(n2, num_channels * scale**2, f3, padding=f3 // 2),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, h, w)`` LR -> ``(B, C, h scale, w scale)``."""
+        _check_net_input(x, self.num_channels, "ESPCN")
+        return pixel_shuffle(self.body(x), self.scale)
+
+
+def _check_net_input(x: Tensor, channels: int, who: str) -> None:
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(
+            f"{who} expects a batch (B, {channels}, H, W), got shape {list(x.shape)}; add a "
+            f"batch dim with x[None], and use rgb_to_y(img) for a 1-channel (Y) network")
