@@ -11,15 +11,21 @@ checks it against PyTorch, and then adds it here; later chapters use it from her
 ``ml.plot``        house style, learning curves, Pareto fronts, image grids
 ``ml.models``      ResNet-9 CNN, ViT, CharGPT, MLP with pluggable parts
 ``ml.baselines``   chapter 1's trained baselines, reused by every later chapter
+``ml.norm``        chapter 2: BatchNorm, LayerNorm, RMSNorm, GroupNorm, folding
+``ml.attention``   chapter 3: attention from scratch, tiled, KV cache, window, linear, SE/ECA
+``ml.quant``       chapter 5: affine quantization, calibration, GPTQ, LoRC, FP8/FP4
+``ml.sr``          chapter 8: MATLAB bicubic, PSNR/SSIM on Y, pixel shuffle, SR networks
 =================  ===========================================================
 """
 
 from . import env, data, bench, plot, models, train, baselines  # noqa: F401
+from . import norm, attention, quant, sr  # noqa: F401
 from .display import glue, show
 from .env import describe, device, pick, scale, seed_all
 
 __version__ = "0.1.0"
 __all__ = [
     "env", "data", "bench", "plot", "models", "train", "baselines",
+    "norm", "attention", "quant", "sr",
     "show", "glue", "describe", "device", "pick", "scale", "seed_all",
 ]
