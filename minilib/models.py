@@ -1,1 +1,411 @@
-"""(being written)"""
+"""Small, readable models whose parts are arguments.
+
+Every later chapter changes *one* part of a model (its normalization, its attention, its
+MLP) and measures the difference. So the models here take their parts as factories
+instead of hard-coding them, and a chapter swaps a technique in without forking a model::
+
+    vit = ml.models.ViT(norm=ml.norm.RMSNorm)                # chapter 2
+    gpt = ml.models.CharGPT(65, attn=MyLinearAttention)      # chapter 3
+
+The factories have fixed signatures, which the chapters' own modules follow:
+
+=================================================  ======================================
+factory                                            builds a module mapping
+=================================================  ======================================
+``norm(dim)``                                      ``(..., dim) -> (..., dim)`` (transformers)
+                                                   or ``(B, dim, H, W) -> same`` (the CNN)
+``attn(dim, heads, *, causal=False, dropout=0.0)``  ``(B, T, dim) -> (B, T, dim)``
+``mlp(dim, hidden_dim, *, dropout=0.0)``            ``(B, T, dim) -> (B, T, dim)``
+=================================================  ======================================
+
+Sections, one per model: the transformer parts (:class:`Attention`, :class:`FeedForward`,
+:class:`Block`), :class:`ResNet9` (the fast CIFAR-10 CNN), :class:`ViT`,
+:class:`CharGPT` (nanoGPT-style character model) and :class:`MLP`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "Attention", "FeedForward", "Block", "PLACEMENTS",
+    "ResNet9", "ConvBlock", "Residual",
+    "ViT", "CharGPT", "MLP",
+]
+
+NormFactory = Callable[[int], nn.Module]
+AttnFactory = Callable[..., nn.Module]
+MlpFactory = Callable[..., nn.Module]
+
+
+# ---------------------------------------------------------------------------------------
+# Transformer parts: attention, feed-forward, block
+# ---------------------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    """Multi-head self-attention (Vaswani et al., 2017) with one fused qkv projection.
+
+    For each head ``h`` with queries, keys and values ``Q_h, K_h, V_h`` of shape ``(T, d)``,
+    ``d = dim / heads``:
+
+        head_h = softmax(Q_h K_h^T / sqrt(d) + M) V_h,   y = concat_h(head_h) W_o
+
+    where the mask ``M`` is 0 everywhere, or, when ``causal``, ``-inf`` above the diagonal
+    (token t only sees tokens <= t). The scores are computed by
+    ``F.scaled_dot_product_attention``, which picks a fused kernel (FlashAttention or the
+    memory-efficient one) when it can; chapter 3 builds those from scratch.
+    """
+
+    def __init__(self, dim: int, heads: int, *, causal: bool = False, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads != 0:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads} "
+                             f"(each head gets dim / heads features)")
+        self.dim, self.heads, self.causal, self.dropout = dim, heads, causal, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)   # Q, K and V of all heads in one matmul
+        self.proj = nn.Linear(dim, dim)      # W_o, mixes the heads
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, T, C)`` -> ``(B, T, C)``."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)                       # 3 x (B, T, C)
+        # (B, T, C) -> (B, heads, T, d): every head attends independently.
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal)
+        y = y.transpose(1, 2).reshape(B, T, C)                     # concatenate the heads
+        return self.resid_dropout(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    """The transformer's per-token MLP: ``Linear(dim, hidden) -> GELU -> Linear(hidden, dim)``.
+
+    It holds about two thirds of a transformer's parameters (with ``hidden = 4 dim``);
+    chapter 6 measures how sparse its hidden activations are.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, *, dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.proj = nn.Linear(hidden_dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, T, C)`` -> ``(B, T, C)``."""
+        return self.dropout(self.proj(self.act(self.fc(x))))
+
+
+PLACEMENTS: tuple[str, ...] = ("pre", "post", "peri")
+
+
+class Block(nn.Module):
+    """A transformer block: attention then MLP, each a residual branch with normalization.
+
+    Where the normalization goes is ``placement`` (chapter 2 compares them); with
+    ``f`` the attention or the MLP:
+
+    * ``"pre"``  (Pre-LN, GPT-2, ViT):       ``x = x + f(norm(x))``
+    * ``"post"`` (Post-LN, original Transformer): ``x = norm(x + f(x))``
+    * ``"peri"`` (Peri-LN, Kim et al. 2025):  ``x = x + norm_out(f(norm_in(x)))``
+
+    Pre-LN keeps an un-normalized residual stream (stable to train, but its scale grows
+    with depth); Post-LN normalizes the stream itself (needs warm-up, can diverge when
+    deep); Peri-LN also normalizes each branch's output before adding it.
+
+    The parts are factories: ``norm(dim)``, ``attn(dim, heads, causal=, dropout=)``,
+    ``mlp(dim, hidden_dim, dropout=)``.
+    """
+
+    def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0,
+                 norm: NormFactory = nn.LayerNorm, attn: AttnFactory = Attention,
+                 mlp: MlpFactory = FeedForward, causal: bool = False, dropout: float = 0.0,
+                 placement: str = "pre"):
+        super().__init__()
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}; got {placement!r}")
+        self.placement = placement
+        self.attn = attn(dim, heads, causal=causal, dropout=dropout)
+        self.mlp = mlp(dim, int(dim * mlp_ratio), dropout=dropout)
+        self.norm1 = norm(dim)  # before attention (pre, peri) or after its residual add (post)
+        self.norm2 = norm(dim)  # the same for the MLP
+        if placement == "peri":
+            self.norm1_out = norm(dim)  # on the attention branch's output
+            self.norm2_out = norm(dim)  # on the MLP branch's output
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, T, C)`` -> ``(B, T, C)``."""
+        if self.placement == "pre":
+            x = x + self.attn(self.norm1(x))
+            x = x + self.mlp(self.norm2(x))
+        elif self.placement == "post":
+            x = self.norm1(x + self.attn(x))
+            x = self.norm2(x + self.mlp(x))
+        else:  # peri
+            x = x + self.norm1_out(self.attn(self.norm1(x)))
+            x = x + self.norm2_out(self.mlp(self.norm2(x)))
+        return x
+
+
+# ---------------------------------------------------------------------------------------
+# ResNet-9: the fast CIFAR-10 CNN
+# ---------------------------------------------------------------------------------------
+
+class ConvBlock(nn.Sequential):
+    """``Conv3x3(c_in, c_out, bias=False) -> norm(c_out) -> act()``, shape-preserving in H, W.
+
+    No conv bias: the normalization that follows subtracts the mean, which cancels it.
+    """
+
+    def __init__(self, c_in: int, c_out: int, norm: NormFactory = nn.BatchNorm2d,
+                 act: Callable[[], nn.Module] = nn.ReLU):
+        super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), norm(c_out), act())
+
+
+class Residual(nn.Module):
+    """``x + f(x)`` for a module ``f`` that keeps the shape."""
+
+    def __init__(self, f: nn.Module):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, C, H, W)`` -> ``(B, C, H, W)``."""
+        return x + self.f(x)
+
+
+class ResNet9(nn.Module):
+    """The residual CNN of David Page's DAWNBench CIFAR-10 entry.
+
+    From "How to train your ResNet" (David Page, Myrtle.ai, 2018; the ResNet-9 that trains
+    to 94% CIFAR-10 test accuracy in 24 epochs), with ``w = width``::
+
+        prep    ConvBlock(in, w)                                        32x32
+        layer1  ConvBlock(w, 2w), MaxPool 2, Residual(2 x ConvBlock(2w))   16x16
+        layer2  ConvBlock(2w, 4w), MaxPool 2                              8x8
+        layer3  ConvBlock(4w, 8w), MaxPool 2, Residual(2 x ConvBlock(8w))   4x4
+        head    global max pool, Linear(8w, classes, bias=False), x 0.125
+
+    ``ConvBlock`` is ``Conv3x3 (no bias) -> norm -> act``. The final scaling by 1/8 keeps
+    the initial logits small, which Page found to help with the high learning rates of
+    his one-cycle schedule. ``norm(channels)`` and ``act()`` are factories (chapter 2 swaps
+    the normalization, chapter 6 the activation). With ``width=64`` the model has 6.57 M
+    parameters and costs 0.76 GFLOPs per 32x32 image (``ml.bench.count_flops``).
+    The global pool makes it accept any input size that survives three halvings.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3,
+                 norm: NormFactory = nn.BatchNorm2d, act: Callable[[], nn.Module] = nn.ReLU):
+        super().__init__()
+        w = width
+
+        def conv(c_in: int, c_out: int) -> ConvBlock:
+            return ConvBlock(c_in, c_out, norm, act)
+
+        self.prep = conv(in_channels, w)
+        self.layer1 = nn.Sequential(conv(w, 2 * w), nn.MaxPool2d(2),
+                                    Residual(nn.Sequential(conv(2 * w, 2 * w), conv(2 * w, 2 * w))))
+        self.layer2 = nn.Sequential(conv(2 * w, 4 * w), nn.MaxPool2d(2))
+        self.layer3 = nn.Sequential(conv(4 * w, 8 * w), nn.MaxPool2d(2),
+                                    Residual(nn.Sequential(conv(8 * w, 8 * w), conv(8 * w, 8 * w))))
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.fc = nn.Linear(8 * w, num_classes, bias=False)
+        self.scale = 0.125
+
+    def features(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, in_channels, H, W)`` -> pooled features ``(B, 8 * width)``."""
+        x = self.layer3(self.layer2(self.layer1(self.prep(x))))
+        return self.pool(x).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, in_channels, H, W)`` -> logits ``(B, num_classes)``."""
+        return self.fc(self.features(x)) * self.scale
+
+
+# ---------------------------------------------------------------------------------------
+# ViT: the Vision Transformer
+# ---------------------------------------------------------------------------------------
+
+def _init_transformer(module: nn.Module, std: float = 0.02) -> None:
+    """Linear and embedding weights ~ N(0, std), biases 0 (GPT-2 / ViT initialization)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+
+
+class ViT(nn.Module):
+    """Vision Transformer (Dosovitskiy et al., ICLR 2021), sized for 32x32 images.
+
+    1. Cut the image into ``P x P`` patches and embed each linearly; a convolution with
+       kernel = stride = ``P`` does exactly that: ``(B, C, H, W) -> (B, dim, H/P, W/P)``,
+       flattened to ``N = (H/P)(W/P)`` tokens.
+    2. Prepend a learned class token and add a learned position embedding:
+       ``z_0 = [x_cls; x_1 E; ...; x_N E] + E_pos``, ``(B, N + 1, dim)``.
+    3. ``depth`` transformer :class:`Block` s (norm, attention, MLP are pluggable),
+       a final ``norm``, and a linear head on the class token.
+
+    With patch 4 on CIFAR-10 there are 64 patch tokens (+1 class token) of 48 numbers each.
+    """
+
+    def __init__(self, image_size: int = 32, patch_size: int = 4, in_channels: int = 3,
+                 num_classes: int = 10, dim: int = 192, depth: int = 6, heads: int = 3,
+                 mlp_ratio: float = 2.0, norm: NormFactory = nn.LayerNorm,
+                 attn: AttnFactory = Attention, mlp: MlpFactory = FeedForward,
+                 dropout: float = 0.0, placement: str = "pre"):
+        super().__init__()
+        if image_size % patch_size != 0:
+            raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}: "
+                             f"the patches must tile the image; pick a patch size that divides it "
+                             f"(e.g. {', '.join(str(p) for p in range(1, image_size + 1) if image_size % p == 0 and p <= 16)})")
+        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
+        self.num_patches = (image_size // patch_size) ** 2
+        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, dim))
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.Sequential(*[
+            Block(dim, heads, mlp_ratio=mlp_ratio, norm=norm, attn=attn, mlp=mlp,
+                  dropout=dropout, placement=placement)
+            for _ in range(depth)])
+        self.norm = norm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.apply(_init_transformer)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: images ``(B, C, H, W)`` with ``H = W = image_size`` -> logits ``(B, num_classes)``."""
+        if x.shape[1:] != (self.in_channels, self.image_size, self.image_size):
+            raise ValueError(f"ViT expects images (B, {self.in_channels}, {self.image_size}, "
+                             f"{self.image_size}); got {tuple(x.shape)}")
+        x = self.patch_embed(x)                      # (B, dim, H/P, W/P)
+        x = x.flatten(2).transpose(1, 2)             # (B, N, dim): one token per patch
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, N + 1, dim)
+        x = self.blocks(self.dropout(x))
+        return self.head(self.norm(x)[:, 0])         # classify from the class token
+
+
+# ---------------------------------------------------------------------------------------
+# CharGPT: a nanoGPT-style character-level language model
+# ---------------------------------------------------------------------------------------
+
+class CharGPT(nn.Module):
+    """A GPT (Radford et al., 2019) for characters, after Karpathy's nanoGPT.
+
+    Token and position embeddings, ``n_layer`` causal :class:`Block` s, a final norm and
+    a linear head whose weight *is* the token embedding (weight tying, Press & Wolf 2017):
+    logits for token ``v`` are ``h . e_v``. GPT-2 initialization: weights ~ N(0, 0.02);
+    the residual output projections (parameters named ``*proj.weight``) ~
+    N(0, 0.02 / sqrt(2 n_layer)), because each of the ``2 n_layer`` residual branches adds
+    to the same stream and their variances add up.
+    """
+
+    def __init__(self, vocab_size: int, block_size: int = 256, n_layer: int = 6,
+                 n_head: int = 6, n_embd: int = 384, dropout: float = 0.2,
+                 norm: NormFactory = nn.LayerNorm, attn: AttnFactory = Attention,
+                 mlp: MlpFactory = FeedForward, placement: str = "pre"):
+        super().__init__()
+        self.vocab_size, self.block_size = vocab_size, block_size
+        self.tok_emb = nn.Embedding(vocab_size, n_embd)
+        self.pos_emb = nn.Embedding(block_size, n_embd)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.Sequential(*[
+            Block(n_embd, n_head, mlp_ratio=4.0, norm=norm, attn=attn, mlp=mlp, causal=True,
+                  dropout=dropout, placement=placement)
+            for _ in range(n_layer)])
+        self.norm = norm(n_embd)
+        self.head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight  # weight tying: one (V, C) matrix, used twice
+        self.apply(_init_transformer)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        """``idx``: token ids ``(B, T)`` with ``T <= block_size`` -> logits ``(B, T, vocab_size)``.
+
+        Logit ``[b, t]`` predicts token ``t + 1`` from tokens ``0..t``.
+        """
+        B, T = idx.shape
+        if T > self.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size={self.block_size}: "
+                             f"the position embedding has {self.block_size} positions; "
+                             f"crop the input to its last {self.block_size} tokens")
+        pos = torch.arange(T, device=idx.device)
+        x = self.dropout(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        x = self.norm(self.blocks(x))
+        return self.head(x)                                      # (B, T, V)
+
+    @torch.no_grad()
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None) -> Tensor:
+        """Sample ``max_new_tokens`` tokens after the prompt ``idx`` ``(B, T0)``.
+
+        Returns ``(B, T0 + max_new_tokens)``. Each step feeds the last ``block_size`` tokens,
+        divides the last logits by ``temperature`` (< 1: more conservative), optionally
+        keeps only the ``top_k`` most likely tokens, and samples from the softmax. No KV
+        cache: every step recomputes the whole window (chapter 3 adds the cache). Runs in
+        eval mode (no dropout) and restores the previous mode.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            for _ in range(max_new_tokens):
+                logits = self(idx[:, -self.block_size:])[:, -1, :] / temperature  # (B, V)
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits.float(), dim=-1)
+                idx = torch.cat([idx, torch.multinomial(probs, num_samples=1)], dim=1)
+        finally:
+            self.train(was_training)
+        return idx
+
+
+# ---------------------------------------------------------------------------------------
+# MLP: the simplest image classifier
+# ---------------------------------------------------------------------------------------
+
+class MLP(nn.Module):
+    """A multilayer perceptron on flattened images: ``(Linear -> [norm] -> ReLU -> [dropout]) x n -> Linear``.
+
+    ``hidden`` lists the hidden widths; ``norm`` is an optional ``norm(width)`` factory
+    (e.g. ``nn.BatchNorm1d``) applied after each hidden Linear. For Fashion-MNIST,
+    ``in_features = 1 x 28 x 28 = 784``.
+    """
+
+    def __init__(self, in_features: int = 784, hidden: Sequence[int] = (512, 512),
+                 num_classes: int = 10, dropout: float = 0.0, norm: NormFactory | None = None):
+        super().__init__()
+        self.in_features = in_features
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers.append(nn.Linear(width, h))
+            if norm is not None:
+                layers.append(norm(h))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, C, H, W)`` images (or ``(B, in_features)``) -> logits ``(B, num_classes)``."""
+        x = x.flatten(1)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"MLP(in_features={self.in_features}) got {x.shape[1]} features per "
+                             f"sample (input shape {tuple(x.shape)}); set in_features = C * H * W")
+        return self.net(x)
