@@ -42,7 +42,7 @@ __all__ = ["config", "NAMES", "cifar_cnn", "cifar_vit", "fashion_mlp", "char_gpt
 
 def _cifar_cnn_config() -> dict[str, Any]:
     cfg = pick(
-        smoke=dict(width=8, n_train=1000, n_test=500, epochs=1, batch_size=128),
+        smoke=dict(width=8, n_train=1000, n_test=500, epochs=1, batch_size=64),
         cpu=dict(width=16, n_train=10_000, n_test=2_000, epochs=4, batch_size=128),
         gpu=dict(width=64, n_train=50_000, n_test=10_000, epochs=24, batch_size=512),
     )
@@ -56,14 +56,18 @@ def _cifar_cnn_config() -> dict[str, Any]:
 
 
 def _cifar_vit_config() -> dict[str, Any]:
+    # cpu: short runs learn faster without random crops and with a smaller batch and a
+    # higher peak lr (measured: 47.5% vs 39% for crops, batch 128, lr 1e-3, 5 epochs).
     return pick(
-        smoke=dict(dim=32, depth=2, heads=2, n_train=1000, n_test=500, epochs=1, batch_size=128),
-        cpu=dict(dim=96, depth=4, heads=4, n_train=10_000, n_test=2_000, epochs=4, batch_size=128),
-        gpu=dict(dim=256, depth=6, heads=4, n_train=50_000, n_test=10_000, epochs=40,
-                 batch_size=512),
-    ) | dict(seed=0, patch_size=4, mlp_ratio=2.0, dropout=0.0, lr=1e-3, betas=[0.9, 0.999],
+        smoke=dict(dim=32, depth=2, heads=2, n_train=1000, n_test=500, epochs=1,
+                   batch_size=128, lr=2e-3, crop_padding=0),
+        cpu=dict(dim=64, depth=4, heads=4, n_train=10_000, n_test=2_000, epochs=5,
+                 batch_size=64, lr=2e-3, crop_padding=0),
+        gpu=dict(dim=256, depth=6, heads=4, n_train=50_000, n_test=10_000, epochs=50,
+                 batch_size=512, lr=1e-3, crop_padding=4),
+    ) | dict(seed=0, patch_size=4, mlp_ratio=2.0, dropout=0.0, betas=[0.9, 0.999],
              weight_decay=0.05, warmup_fraction=0.1, final_lr=0.01, label_smoothing=0.1,
-             crop_padding=4, flip=True)
+             flip=True)
 
 
 def _fashion_mlp_config() -> dict[str, Any]:
@@ -77,15 +81,16 @@ def _fashion_mlp_config() -> dict[str, Any]:
 
 def _char_gpt_config() -> dict[str, Any]:
     # gpu: nanoGPT's config/train_shakespeare_char.py (its val loss: 1.4697).
+    # cpu: nanoGPT's "baby GPT" for laptops (4 layers, 128 wide, context 64, batch 12),
+    # trained for 1200 steps at a higher peak lr.
     return pick(
         smoke=dict(block_size=32, n_layer=2, n_head=2, n_embd=32, batch_size=16, steps=60,
-                   warmup_steps=10, eval_every=60, eval_batches=4),
-        cpu=dict(block_size=128, n_layer=4, n_head=4, n_embd=128, batch_size=32, steps=1000,
-                 warmup_steps=50, eval_every=250, eval_batches=20),
+                   warmup_steps=10, eval_every=60, eval_batches=4, dropout=0.0, lr=2e-3),
+        cpu=dict(block_size=64, n_layer=4, n_head=4, n_embd=128, batch_size=12, steps=1200,
+                 warmup_steps=60, eval_every=200, eval_batches=50, dropout=0.0, lr=2e-3),
         gpu=dict(block_size=256, n_layer=6, n_head=6, n_embd=384, batch_size=64, steps=5000,
-                 warmup_steps=100, eval_every=250, eval_batches=100),
-    ) | dict(seed=0, dropout=pick(smoke=0.0, cpu=0.0, gpu=0.2), lr=1e-3, betas=[0.9, 0.99],
-             weight_decay=0.1, final_lr=0.1, grad_clip=1.0)
+                 warmup_steps=100, eval_every=250, eval_batches=100, dropout=0.2, lr=1e-3),
+    ) | dict(seed=0, betas=[0.9, 0.99], weight_decay=0.1, final_lr=0.1, grad_clip=1.0)
 
 
 _CONFIGS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -127,7 +132,8 @@ def _classifier_metrics(example: Tensor) -> Callable[[nn.Module, History], dict[
     return metrics
 
 
-def _adamw(model: nn.Module, lr: float, weight_decay: float, betas: list[float]) -> torch.optim.AdamW:
+def _adamw(model: nn.Module, lr: float, weight_decay: float,
+           betas: list[float]) -> torch.optim.AdamW:
     """AdamW that decays matrices only (weights of linear, conv and embedding layers).
 
     Biases, norm gains and other vectors are left alone, as in nanoGPT and most ViT

@@ -264,9 +264,10 @@ class ViT(nn.Module):
                  dropout: float = 0.0, placement: str = "pre"):
         super().__init__()
         if image_size % patch_size != 0:
+            divisors = [p for p in range(1, min(image_size, 16) + 1) if image_size % p == 0]
             raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}: "
-                             f"the patches must tile the image; pick a patch size that divides it "
-                             f"(e.g. {', '.join(str(p) for p in range(1, image_size + 1) if image_size % p == 0 and p <= 16)})")
+                             f"the patches must tile the image; pick a patch size that divides "
+                             f"it, e.g. one of {divisors}")
         self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
         self.num_patches = (image_size // patch_size) ** 2
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
@@ -284,7 +285,7 @@ class ViT(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x``: images ``(B, C, H, W)`` with ``H = W = image_size`` -> logits ``(B, num_classes)``."""
+        """``x``: images ``(B, C, H, W)``, ``H = W = image_size`` -> logits ``(B, num_classes)``."""
         if x.shape[1:] != (self.in_channels, self.image_size, self.image_size):
             raise ValueError(f"ViT expects images (B, {self.in_channels}, {self.image_size}, "
                              f"{self.image_size}); got {tuple(x.shape)}")
@@ -378,7 +379,9 @@ class CharGPT(nn.Module):
 # ---------------------------------------------------------------------------------------
 
 class MLP(nn.Module):
-    """A multilayer perceptron on flattened images: ``(Linear -> [norm] -> ReLU -> [dropout]) x n -> Linear``.
+    """A multilayer perceptron on flattened images.
+
+    ``(Linear -> [norm] -> ReLU -> [dropout]) x len(hidden) -> Linear``.
 
     ``hidden`` lists the hidden widths; ``norm`` is an optional ``norm(width)`` factory
     (e.g. ``nn.BatchNorm1d``) applied after each hidden Linear. For Fashion-MNIST,
@@ -403,7 +406,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x``: ``(B, C, H, W)`` images (or ``(B, in_features)``) -> logits ``(B, num_classes)``."""
+        """``x``: images ``(B, C, H, W)`` (or ``(B, in_features)``) -> logits ``(B, num_classes)``."""
         x = x.flatten(1)
         if x.shape[1] != self.in_features:
             raise ValueError(f"MLP(in_features={self.in_features}) got {x.shape[1]} features per "

@@ -57,9 +57,9 @@ class History:
     """The log of a training run: a list of rows, each a dict.
 
     ``fit`` logs one row per evaluation with keys ``step`` (optimizer steps so far),
-    ``epoch`` (epochs so far, a float for step-based runs), ``time`` (training seconds so
-    far, **evaluation excluded**), ``lr``, ``train_loss`` (mean since the previous row),
-    and, with an evaluation loader, ``val_loss`` and ``val_accuracy``.
+    ``epoch`` (epochs so far; only when training by epochs), ``time`` (training seconds
+    so far, **evaluation excluded**), ``lr``, ``train_loss`` (mean since the previous
+    row), and, with an evaluation loader, ``val_loss`` and ``val_accuracy``.
     """
 
     def __init__(self, rows: Iterable[dict[str, Any]] | None = None):
@@ -87,7 +87,7 @@ class History:
         return None
 
     def best(self, name: str, mode: str = "max") -> Any:
-        """The largest (``mode="max"``) or smallest (``"min"``) value of ``name``; ``None`` if none."""
+        """The largest (``mode="max"``) or smallest (``"min"``) value of ``name``, or ``None``."""
         values = [r[name] for r in self.rows if r.get(name) is not None]
         if not values:
             return None
@@ -154,7 +154,7 @@ def _sync(device: torch.device) -> None:
 
 def _cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0,
                    reduction: str = "mean") -> Tensor:
-    """Cross-entropy over the last dim: ``(..., K)`` logits, ``(...)`` targets (sequences flattened)."""
+    """Cross-entropy over the last dim: ``(..., K)`` logits, ``(...)`` targets, flattened."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
                            label_smoothing=label_smoothing, reduction=reduction)
 
@@ -229,8 +229,9 @@ def one_cycle(total_steps: int, warmup: float = 0.25) -> Callable[[int], float]:
     return schedule
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, final: float = 0.1) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup_steps``, then cosine decay from 1 to ``final`` at ``total_steps``.
+def warmup_cosine(total_steps: int, warmup_steps: int,
+                  final: float = 0.1) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup_steps``, then cosine decay from 1 to ``final``.
 
         m(s) = (s + 1) / s_w                                     for s < s_w
         m(s) = final + (1 - final) (1 + cos(pi p)) / 2,  p = (s - s_w) / (S - s_w)
@@ -360,10 +361,11 @@ def fit(model: nn.Module, train_loader: Iterable[tuple[Tensor, Tensor]], *,
                 if step % eval_every == 0 or step == total:
                     _sync(device)
                     train_seconds += time.perf_counter() - start  # the clock stops here
-                    row: dict[str, Any] = {
-                        "step": step,
-                        "epoch": step // per_epoch if epochs is not None and step % per_epoch == 0
-                        else step / per_epoch,
+                    row: dict[str, Any] = {"step": step}
+                    if epochs is not None:  # whole epochs as ints, else a fraction
+                        whole = step % per_epoch == 0
+                        row["epoch"] = step // per_epoch if whole else step / per_epoch
+                    row |= {
                         "time": train_seconds,
                         "lr": optimizer.param_groups[0]["lr"],
                         "train_loss": loss_sum.item() / loss_count,
