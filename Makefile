@@ -52,8 +52,9 @@ notebooks: setup
 
 execute: setup
 	@test -n "$(NB)" || (echo "usage: make execute NB=notebooks/<chapter>/<notebook>.py [BOOK_SCALE=cpu|gpu|smoke]"; exit 2)
-	@# The inline backend, whatever MPLBACKEND says (Agg would store no figures).
-	MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/jupytext --to ipynb --execute $(NB)
+	@# The inline backend, whatever MPLBACKEND says (Agg would store no figures), and no
+	@# progress bars in the stored outputs.
+	TQDM_DISABLE=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/jupytext --to ipynb --execute $(NB)
 	@# Widget state (tqdm.auto, ipywidgets) would bloat the stored notebook: drop it.
 	$(BIN)/python -c "import json,sys; p=sys.argv[1]; nb=json.load(open(p)); nb['metadata'].pop('widgets',None); json.dump(nb,open(p,'w'),indent=1,ensure_ascii=False); open(p,'a').write(chr(10))" $(basename $(NB)).ipynb
 

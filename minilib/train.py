@@ -290,7 +290,9 @@ def fit(model: nn.Module, train_loader: Iterable[tuple[Tensor, Tensor]], *,
         amp: bf16 autocast; ``None`` means on CUDA only.
         compile: train ``torch.compile(model)`` (falls back to eager with a warning).
         grad_clip: clip the global gradient norm to this value.
-        progress, desc: a ``tqdm`` progress bar and its label.
+        progress, desc: a ``tqdm`` progress bar and its label. The bar is also off when the
+            environment sets ``TQDM_DISABLE=1``: ``make execute`` does, so notebooks stored
+            for the book do not fill with progress lines (readers running them see the bar).
 
     The ``time`` column counts training only: the clock stops during evaluation, and on
     CUDA it is read after ``torch.cuda.synchronize()``.
@@ -322,7 +324,9 @@ def fit(model: nn.Module, train_loader: Iterable[tuple[Tensor, Tensor]], *,
 
     history = History()
     model.train()
-    bar = tqdm(total=total, desc=desc, disable=not progress, mininterval=1.0, dynamic_ncols=True)
+    quiet = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+    bar = tqdm(total=total, desc=desc, disable=quiet or not progress, mininterval=1.0,
+               dynamic_ncols=True)
     loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
     loss_count = 0
     train_seconds = 0.0

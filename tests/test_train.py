@@ -297,3 +297,18 @@ def test_cache_key_depends_on_config_and_scale(cache, monkeypatch):
         train.cache_key("cnn", {"a": object()})
     with pytest.raises(TypeError, match="JSON"):
         train.cache_key("cnn", {"a": math.nan})
+
+
+def test_fit_progress_bar_respects_tqdm_disable(monkeypatch, capsys):
+    """`make execute` sets TQDM_DISABLE=1 so stored notebooks hold no progress lines."""
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    train.fit(model, batches, optimizer=opt, epochs=1, progress=True, desc="quiet-run")
+    assert "quiet-run" not in capsys.readouterr().err
+    monkeypatch.delenv("TQDM_DISABLE")
+    train.fit(model, batches, optimizer=opt, epochs=1, progress=True, desc="loud-run")
+    assert "loud-run" in capsys.readouterr().err
