@@ -301,11 +301,12 @@ ml.bench.Table([{k: p[k] for k in ("name", "intensity", "flops_per_s", "time", "
 # compared to the peak of {glue:}`peak_gflops` GFLOP/s even when they run at nearly full
 # bandwidth. Matmuls move right as they grow and climb towards the compute roof.
 #
-# Here {glue:}`under_roof` operations lie under the roof. A point *above* it is not a broken
-# law: the roof's bandwidth $\beta$ is that of main memory, and an operation whose operands
-# fit in the CPU's caches (small $N$ at the `smoke` scale) moves fewer bytes from main
-# memory than we counted. The roofline is a model of the main-memory traffic; caches add
-# higher, smaller roofs beneath it. This is
+# Here {glue:}`under_roof` operations lie under the roof (within 5% for timing noise). A
+# point *above* it is not a broken law but a roof drawn too low for that operation: our
+# $\beta$ comes from a single copy benchmark, and an operation whose operands fit, wholly or
+# partly, in the CPU's caches (server CPUs have tens of megabytes of last-level cache)
+# moves fewer bytes from main memory than we counted. The roofline models main-memory
+# traffic; each cache level adds a higher roof of its own. This picture is
 # the single most useful picture in efficient deep learning: it tells you whether to
 # reduce FLOPs (quantized matmuls, pruning, sparsity) or bytes (fusion, lower precision,
 # recomputation) {cite}`ivanov2021data`. Every later chapter comes back to it.

@@ -113,14 +113,17 @@ t_naive = ml.bench.time_fn(naive_epoch, train_images[:n_naive], train_labels[:n_
                            ml.data.CIFAR10_MEAN, ml.data.CIFAR10_STD, warmup=0, repeat=1).median
 rate_device = len(train_images) / t_device
 rate_naive = n_naive / t_naive
-ml.glue("loader_speedup", rate_device / rate_naive, ".0f")
+ml.glue("loader_speedup", rate_device / rate_naive, ".1f")
 ml.bench.Table([
     {"pipeline": "per-image Python loop", "images/s": rate_naive},
     {"pipeline": "ml.data.DeviceLoader", "images/s": rate_device},
 ], title=f"augmented CIFAR-10 batches on {dev.type}")
 
 # %% [markdown]
-# Batched on-device augmentation produces images {glue:}`loader_speedup` times faster here.
+# Here batched on-device augmentation ran at {glue:}`loader_speedup` times the rate of the
+# per-image loop. On a CPU both compete for the same cores, so the gap is modest; on a GPU
+# the per-image loop stays on the CPU and becomes the bottleneck, while the batched version
+# runs as a handful of kernels on the device.
 #
 # ## 2. How a baseline is trained and cached
 #
@@ -256,7 +259,10 @@ print(corpus.decode(sample[0].tolist()))
 #
 # For every baseline: quality, training time, and the costs later chapters try to reduce.
 # Inference is measured on one batch in float32 (the default dtype on the device), after
-# warm-up, synchronized, median of repeated runs (notebook 1.1).
+# warm-up, synchronized, median of repeated runs (notebook 1.1). Training times are those of
+# the run that trained the cached model, on the machine named in its record
+# (`record["hardware"]`); a machine busy with other work inflates them, small models with
+# many tiny operations most of all, so measure your own before comparing.
 
 # %%
 def inference_costs(model, x):
