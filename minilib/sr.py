@@ -30,13 +30,30 @@ network        input                                  upsampling
 Moving the upsampling from the input (SRCNN) to the output (FSRCNN, ESPCN) is the whole
 efficiency story: every conv then runs on ``scale**2`` times fewer pixels.
 
+Part 2 (notebooks 8.2 and 8.3) adds what it takes to train and measure them:
+
+* :class:`WindowSR`: a small SwinIR-style network, shifted window attention
+  (``ml.attention.WindowAttention`` in ``ml.models.Block``) on the LR grid, then pixel shuffle;
+  :class:`PreUpsample` puts SRCNN behind bicubic so that every network maps LR to HR;
+  ``residual=True`` (and :func:`bicubic_skip`) adds global residual learning (VDSR).
+* :class:`PatchSampler`: random (LR, HR) Y patches of T91, cut with one gather and
+  augmented by the 8 symmetries of the square (:func:`dihedral`), on the device.
+* :func:`upscale` (a Y network on RGB images, chroma by bicubic), :func:`frame_cost`
+  (FLOPs on the ``meta`` device and milliseconds per output frame, e.g. 1080p).
+* :func:`build_model`, :func:`recipe`, :func:`trained_model`: the chapter's four networks
+  (:data:`MODEL_NAMES`), one training recipe, trained once and cached.
+
 References: Dong, Loy, He & Tang, "Image Super-Resolution Using Deep Convolutional
 Networks" (SRCNN, ECCV 2014 / TPAMI 2016); Dong, Loy & Tang, "Accelerating the
 Super-Resolution Convolutional Neural Network" (FSRCNN, ECCV 2016); Shi et al.,
 "Real-Time Single Image and Video Super-Resolution Using an Efficient Sub-Pixel
 Convolutional Neural Network" (ESPCN, CVPR 2016); Keys, "Cubic convolution interpolation
 for digital image processing" (IEEE TASSP 1981); Wang, Bovik, Sheikh & Simoncelli, "Image
-quality assessment: from error visibility to structural similarity" (SSIM, IEEE TIP 2004).
+quality assessment: from error visibility to structural similarity" (SSIM, IEEE TIP 2004);
+Kim, Lee & Lee, "Accurate Image Super-Resolution Using Very Deep Convolutional Networks"
+(VDSR, CVPR 2016); Liang et al., "SwinIR: Image Restoration Using Swin Transformer" (ICCVW
+2021); Yang, Wright, Huang & Ma, "Image Super-Resolution via Sparse Representation" (T91,
+IEEE TIP 2010).
 
 Conventions: images are float tensors in ``[0, 1]``, ``(C, H, W)`` or ``(B, C, H, W)``,
 RGB channel order. The Y channel keeps its channel dim: ``(1, H, W)`` / ``(B, 1, H, W)``,
@@ -61,7 +78,10 @@ __all__ = [
     # resizing and sub-pixel shuffling
     "imresize", "resize_weights", "pixel_shuffle",
     # networks
-    "SRCNN", "FSRCNN", "ESPCN",
+    "SRCNN", "FSRCNN", "ESPCN", "PreUpsample", "WindowSR", "bicubic_skip",
+    # training, inference, cost
+    "dihedral", "PatchSampler", "upscale", "frame_cost",
+    "MODEL_NAMES", "build_model", "eval_images", "recipe", "trained_model",
 ]
 
 
@@ -481,7 +501,28 @@ def pixel_shuffle(x: Tensor, r: int) -> Tensor:
 
 # ---------------------------------------------------------------------------------------
 # Networks
+#
+# Global residual learning (VDSR, Kim et al. 2016): out = upscale(x) + net(x). The network
+# only has to predict the detail a fixed interpolation misses, a small signal around 0,
+# instead of the whole image; it beats bicubic after a few hundred steps instead of many
+# thousands. For LR-input networks the fixed upscaler is PyTorch's bicubic (Keys a = -0.75,
+# one cheap native kernel per frame); any fixed interpolation works, the network learns
+# the rest. SRCNN's input is already the (MATLAB) bicubic image, so its skip is x itself.
 # ---------------------------------------------------------------------------------------
+
+def _zero_init(layer: nn.Module) -> None:
+    """Zero the weights and bias of a residual branch's last layer: it starts as identity."""
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def bicubic_skip(x: Tensor, scale: int) -> Tensor:
+    """``F.interpolate(x, scale_factor=scale, mode="bicubic")``: the fixed upscaler of a
+    residual network, ``(B, C, h, w) -> (B, C, h s, w s)``. Cheap (one native kernel) and
+    not MATLAB's :func:`imresize` (it need not be: the network corrects it)."""
+    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+
 
 class SRCNN(nn.Module):
     """SRCNN (Dong et al., ECCV 2014 / TPAMI 2016): three convs on the bicubic-upscaled image.
@@ -493,26 +534,33 @@ class SRCNN(nn.Module):
 
     Input and output: ``(B, num_channels, H, W)`` at HR size (upscale with :func:`imresize`
     first). Every conv runs at HR resolution, which is what FSRCNN and ESPCN avoid.
+
+    ``residual=True`` returns ``x + body(x)``: the network predicts only the detail that
+    bicubic misses (global residual learning, VDSR, Kim et al. 2016), which trains in far
+    fewer steps; the last conv then starts at zero, so the untrained network *is* its
+    input. The paper's SRCNN is ``residual=False``.
     """
 
     def __init__(self, num_channels: int = 1, f1: int = 9, f2: int = 5, f3: int = 5,
-                 n1: int = 64, n2: int = 32) -> None:
+                 n1: int = 64, n2: int = 32, residual: bool = False) -> None:
         super().__init__()
         for name, k in (("f1", f1), ("f2", f2), ("f3", f3)):
             if k < 1 or k % 2 == 0:
                 raise ValueError(f"SRCNN: kernel size {name}={k} must be odd, so padding "
                                  f"k // 2 keeps the image size")
-        self.num_channels = num_channels
+        self.num_channels, self.residual = num_channels, residual
         self.body = nn.Sequential(
             nn.Conv2d(num_channels, n1, f1, padding=f1 // 2), nn.ReLU(inplace=True),
             nn.Conv2d(n1, n2, f2, padding=f2 // 2), nn.ReLU(inplace=True),
             nn.Conv2d(n2, num_channels, f3, padding=f3 // 2),
         )
+        if residual:
+            _zero_init(self.body[-1])
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` bicubic-upscaled -> ``(B, C, H, W)`` restored."""
         _check_net_input(x, self.num_channels, "SRCNN")
-        return self.body(x)
+        return x + self.body(x) if self.residual else self.body(x)
 
 
 class FSRCNN(nn.Module):
@@ -522,16 +570,18 @@ class FSRCNN(nn.Module):
     ``3x3 s -> s``, expanding ``1x1 -> d`` (each followed by PReLU), then a ``9x9``
     transposed conv with stride ``scale``. With ``padding=4`` and
     ``output_padding=scale-1`` its output is ``(h - 1) scale - 8 + 9 + scale - 1 = h scale``.
-    Initialisation follows the paper: He-normal convs, deconv weights N(0, 0.001^2).
+    Initialisation follows the paper: He-normal convs, deconv weights N(0, 0.001^2) (so a
+    residual FSRCNN starts close to its skip already).
+    ``residual=True`` adds a bicubic upscaling of the input (see :func:`bicubic_skip`).
 
     Input ``(B, C, h, w)`` LR -> output ``(B, C, h scale, w scale)``.
     """
 
     def __init__(self, scale: int, num_channels: int = 1, d: int = 56, s: int = 12,
-                 m: int = 4) -> None:
+                 m: int = 4, residual: bool = False) -> None:
         super().__init__()
         _check_scale_int(scale, "FSRCNN")
-        self.scale, self.num_channels = scale, num_channels
+        self.scale, self.num_channels, self.residual = scale, num_channels, residual
         layers: list[nn.Module] = [nn.Conv2d(num_channels, d, 5, padding=2), nn.PReLU(d),
                                    nn.Conv2d(d, s, 1), nn.PReLU(s)]
         for _ in range(m):
@@ -555,7 +605,8 @@ class FSRCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, h, w)`` LR -> ``(B, C, h scale, w scale)``."""
         _check_net_input(x, self.num_channels, "FSRCNN")
-        return self.upsample(self.body(x))
+        y = self.upsample(self.body(x))
+        return y + bicubic_skip(x, self.scale) if self.residual else y
 
 
 class ESPCN(nn.Module):
@@ -564,28 +615,33 @@ class ESPCN(nn.Module):
     ``f1 x f1 -> n1``, tanh, ``f2 x f2 -> n2``, tanh, ``f3 x f3 -> C scale^2``, then
     :func:`pixel_shuffle` rearranges the ``scale^2`` channel groups into a ``scale`` times
     larger image. The paper's defaults: 5-3-3 kernels, 64 and 32 filters.
+    ``residual=True`` adds a bicubic upscaling of the input (see :func:`bicubic_skip`) and
+    starts the last conv at zero (the untrained network is bicubic).
 
     Input ``(B, C, h, w)`` LR -> output ``(B, C, h scale, w scale)``.
     """
 
     def __init__(self, scale: int, num_channels: int = 1, n1: int = 64, n2: int = 32,
-                 f1: int = 5, f2: int = 3, f3: int = 3) -> None:
+                 f1: int = 5, f2: int = 3, f3: int = 3, residual: bool = False) -> None:
         super().__init__()
         _check_scale_int(scale, "ESPCN")
         for name, k in (("f1", f1), ("f2", f2), ("f3", f3)):
             if k < 1 or k % 2 == 0:
                 raise ValueError(f"ESPCN: kernel size {name}={k} must be odd")
-        self.scale, self.num_channels = scale, num_channels
+        self.scale, self.num_channels, self.residual = scale, num_channels, residual
         self.body = nn.Sequential(
             nn.Conv2d(num_channels, n1, f1, padding=f1 // 2), nn.Tanh(),
             nn.Conv2d(n1, n2, f2, padding=f2 // 2), nn.Tanh(),
             nn.Conv2d(n2, num_channels * scale**2, f3, padding=f3 // 2),
         )
+        if residual:
+            _zero_init(self.body[-1])
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, h, w)`` LR -> ``(B, C, h scale, w scale)``."""
         _check_net_input(x, self.num_channels, "ESPCN")
-        return pixel_shuffle(self.body(x), self.scale)
+        y = pixel_shuffle(self.body(x), self.scale)
+        return y + bicubic_skip(x, self.scale) if self.residual else y
 
 
 def _check_net_input(x: Tensor, channels: int, who: str) -> None:
@@ -593,3 +649,460 @@ def _check_net_input(x: Tensor, channels: int, who: str) -> None:
         raise ValueError(
             f"{who} expects a batch (B, {channels}, H, W), got shape {list(x.shape)}; add a "
             f"batch dim with x[None], and use rgb_to_y(img) for a 1-channel (Y) network")
+
+
+# =======================================================================================
+# Part 2: training data, a window-attention network, the training recipe and the cost
+# of a video frame. (Chapter 8.2 and 8.3.)
+# =======================================================================================
+
+# ---------------------------------------------------------------------------------------
+# Augmentation: the 8 symmetries of the square (the dihedral group D4)
+#
+# A patch and its rotations / mirror images are equally likely natural images, and SR is
+# equivariant to them: SR(flip(x)) = flip(SR(x)). Three independent bits generate all 8:
+#   transpose (swap rows and columns), then flip rows (up-down), then flip columns.
+# ("transpose then flip rows" is a 90 degree rotation, so the 4 rotations and 4 mirror
+# images are all reached.) The same bits go to the LR and the HR patch of a pair.
+# ---------------------------------------------------------------------------------------
+
+def dihedral(x: Tensor, ops: Tensor) -> Tensor:
+    """Apply to each image of ``x`` ``(B, C, P, P)`` one of the 8 symmetries of the square.
+
+    ``ops``: bool ``(B, 3)``: per image, transpose, then flip rows (up-down), then flip
+    columns (left-right). Vectorized: three ``torch.where`` over the batch, no Python loop.
+    The images must be square (a transpose changes the shape of a non-square one).
+    """
+    if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"dihedral expects square images (B, C, P, P), got shape {list(x.shape)}")
+    if ops.shape != (x.shape[0], 3):
+        raise ValueError(f"dihedral: ops must be (B, 3) = ({x.shape[0]}, 3) booleans, got "
+                         f"{list(ops.shape)}")
+    ops = ops.to(device=x.device, dtype=torch.bool)[:, :, None, None, None]   # (B, 3, 1, 1, 1)
+    x = torch.where(ops[:, 0], x.transpose(-1, -2), x)
+    x = torch.where(ops[:, 1], x.flip(-2), x)
+    return torch.where(ops[:, 2], x.flip(-1), x)
+
+
+def _y_pair(img: Tensor, scale: int) -> tuple[Tensor, Tensor]:
+    """``(lr_y (h, w), hr_y (s h, s w))`` of one HR RGB image, degraded as :func:`make_pair`."""
+    hr, lr = make_pair(img, scale)
+    return rgb_to_y(lr)[0], rgb_to_y(hr)[0]
+
+
+@functools.lru_cache(maxsize=3)
+def _y_pairs(set_name: str, scale: int) -> list[tuple[Tensor, Tensor]]:
+    from .data import sr_images
+    return [_y_pair(img, scale) for img in sr_images(set_name)]
+
+
+class PatchSampler:
+    """Random ``(LR, HR)`` patch pairs of the Y channel, cut and augmented on the device.
+
+    The training data of SRCNN, FSRCNN and ESPCN: the 91 images of T91 (Yang et al.,
+    2010), degraded exactly as the test images are (:func:`make_pair`: modcrop, MATLAB
+    bicubic down by ``scale``, rounded to 8-bit levels), converted to Y. The *whole* image
+    is downscaled once, so patches carry no border effects of the resize.
+
+    All images live on the device in one flat buffer (LR and HR), with each image's
+    offset and width. A batch is one gather:
+
+    1. pick a patch uniformly among *all* ``P x P`` LR windows of the set (image ``n`` with
+       probability proportional to its number of windows ``(h_n - P + 1)(w_n - P + 1)``,
+       as cutting every image into overlapping sub-images does): one ``randint`` over the
+       total and a ``searchsorted`` in the cumulative counts;
+    2. its top-left ``(i, j)`` in LR pixels; the HR patch starts at ``(s i, s j)``;
+    3. flat indices ``offset_n + row * w_n + col`` for the ``(B, P, P)`` and ``(B, sP, sP)``
+       grids, one indexing op each;
+    4. a random symmetry of the square (:func:`dihedral`), the same for LR and HR.
+
+    ``images``: HR images ``(3, H, W)`` (uint8 or float), or the name of a set of
+    ``ml.data.sr_images`` (``"T91"``), whose degraded Y pairs are then computed once per
+    scale and cached (the bicubic downscaling of 91 images takes seconds on a CPU).
+    Images whose LR is smaller than the patch are left out (``self.skipped`` counts them).
+
+    Iterating yields ``steps_per_epoch`` batches ``(lr, hr)``: float32 ``(B, 1, P, P)``
+    and ``(B, 1, sP, sP)`` on ``device``; ``len(sampler)`` is that number, so
+    ``ml.train.fit(model, sampler, steps=...)`` trains on fresh random patches forever.
+    """
+
+    def __init__(self, images: Sequence[Tensor] | str, scale: int, patch_size: int, batch_size: int,
+                 *, steps_per_epoch: int = 1000, augment: bool = True,
+                 device: torch.device | str | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        _check_scale_int(scale, "PatchSampler")
+        for name, v in (("patch_size", patch_size), ("batch_size", batch_size),
+                        ("steps_per_epoch", steps_per_epoch)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"PatchSampler: {name} must be a positive int, got {v!r}")
+        if device is None:
+            from .env import device as _default_device
+            device = _default_device()
+        self.device = torch.device(device)
+        self.scale, self.patch_size, self.batch_size = scale, patch_size, batch_size
+        self.steps_per_epoch, self.augment, self.generator = steps_per_epoch, augment, generator
+
+        pairs = _y_pairs(images, scale) if isinstance(images, str) else \
+            [_y_pair(img, scale) for img in images]
+        lr_flat, hr_flat, sizes = [], [], []
+        for lr_y, hr_y in pairs:                                # (h, w), (s h, s w)
+            if min(lr_y.shape) < patch_size:
+                continue
+            lr_flat.append(lr_y.reshape(-1))
+            hr_flat.append(hr_y.reshape(-1))
+            sizes.append(lr_y.shape)
+        self.skipped = len(pairs) - len(sizes)
+        if not sizes:
+            raise ValueError(f"PatchSampler: no image is large enough for {patch_size}x"
+                             f"{patch_size} LR patches at scale {scale}; use smaller patches")
+        dev = self.device
+        self.lr = torch.cat(lr_flat).to(dev, torch.float32)     # all LR pixels, flat
+        self.hr = torch.cat(hr_flat).to(dev, torch.float32)     # all HR pixels, flat
+        h = torch.tensor([hw[0] for hw in sizes], device=dev)
+        w = torch.tensor([hw[1] for hw in sizes], device=dev)
+        self.lr_width, self.hr_width = w, w * scale
+        area = h * w
+        self.lr_offset = torch.cumsum(area, 0) - area           # where each image starts
+        self.hr_offset = self.lr_offset * scale * scale
+        self.cols = w - patch_size + 1                          # valid top-left columns
+        count = (h - patch_size + 1) * self.cols                # windows per image
+        self.cum_count = torch.cumsum(count, 0)
+        self.first = self.cum_count - count                     # id of each image's window 0
+        self.num_images, self.num_windows = len(sizes), int(self.cum_count[-1])
+
+    def locate(self, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Window ids ``k`` in ``[0, num_windows)`` -> ``(image n, LR row i, LR column j)``.
+
+        Windows are numbered image by image, raster order inside each: image ``n`` owns ids
+        ``first[n] .. first[n] + count[n] - 1``, so ``n`` is found by ``searchsorted``.
+        """
+        n = torch.searchsorted(self.cum_count, k, right=True)     # its image
+        k = k - self.first[n]                                     # id within the image
+        return n, k // self.cols[n], k % self.cols[n]             # LR top-left (i, j)
+
+    def sample(self) -> tuple[Tensor, Tensor]:
+        """One batch ``(lr (B, 1, P, P), hr (B, 1, sP, sP))``."""
+        B, P, s, dev = self.batch_size, self.patch_size, self.scale, self.device
+        from .data import _randint     # uniform ints drawn with the generator's device
+
+        n, i, j = self.locate(_randint(self.num_windows, (B,), self.generator, dev))
+        ar = torch.arange(P, device=dev)
+        idx = (self.lr_offset[n, None, None]
+               + (i[:, None, None] + ar[:, None]) * self.lr_width[n, None, None]
+               + j[:, None, None] + ar)                                    # (B, P, P)
+        arh = torch.arange(P * s, device=dev)
+        idx_h = (self.hr_offset[n, None, None]
+                 + (s * i[:, None, None] + arh[:, None]) * self.hr_width[n, None, None]
+                 + s * j[:, None, None] + arh)                              # (B, sP, sP)
+        lr, hr = self.lr[idx][:, None], self.hr[idx_h][:, None]
+        if self.augment:
+            ops = _randint(2, (B, 3), self.generator, dev).bool()
+            lr, hr = dihedral(lr, ops), dihedral(hr, ops)
+        return lr, hr
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __iter__(self):
+        for _ in range(self.steps_per_epoch):
+            yield self.sample()
+
+    def __repr__(self) -> str:
+        return (f"PatchSampler({self.num_images} images ({self.skipped} too small), "
+                f"{self.num_windows:,} LR windows of {self.patch_size}x{self.patch_size}, "
+                f"scale {self.scale}, batch {self.batch_size}, device {self.device})")
+
+
+# ---------------------------------------------------------------------------------------
+# SRCNN's pipeline as an LR -> HR module, so that every network has the same interface
+# ---------------------------------------------------------------------------------------
+
+class PreUpsample(nn.Module):
+    """``net(imresize(x, scale))``: bicubic upscaling first, then a same-size network.
+
+    SRCNN (and VDSR) work this way: the network restores a bicubic-upscaled image. Wrapped
+    like this, SRCNN takes the LR image as FSRCNN and ESPCN do, and the cost of a frame
+    counts the bicubic step too. Input ``(B, C, h, w)`` -> output ``(B, C, h s, w s)``.
+    """
+
+    def __init__(self, net: nn.Module, scale: int) -> None:
+        super().__init__()
+        self.scale = _check_scale_int(scale, "PreUpsample")
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(imresize(x, self.scale))
+
+
+# ---------------------------------------------------------------------------------------
+# A small window-attention SR network (after SwinIR, Liang et al. 2021)
+#
+#   LR (B, C, h, w) --conv3x3--> features F0 (B, D, H, W)          shallow features
+#        --> tokens (B, H W, D) --> depth x [Swin block]            deep features
+#            (window attention w x w on the LR grid, shift 0 / w/2 alternating, then MLP)
+#        --> LayerNorm --> conv3x3 --> + F0                         long skip
+#        --> conv3x3 to C s^2 channels --> pixel_shuffle --> + bicubic(LR)   global residual
+#
+# Attention costs O(H W w^2 D) on the LR grid: linear in the number of pixels, as a conv.
+# ---------------------------------------------------------------------------------------
+
+class WindowSR(nn.Module):
+    """A small Swin-style SR network: shifted window attention on the LR grid, then pixel shuffle.
+
+    Args:
+        scale: upscaling factor ``s``.
+        num_channels: image channels (1 for Y).
+        dim, depth, heads, window, mlp_ratio: width, number of transformer blocks
+            (alternately unshifted and shifted by ``window // 2``), attention heads, window
+            side on the LR grid, MLP hidden width / dim.
+
+    The blocks are ``ml.models.Block`` (pre-LN attention + MLP) with
+    ``ml.attention.WindowAttention`` as the attention. The output is added to a bicubic
+    upscaling of the input (:func:`bicubic_skip`), like the residual CNNs. An image of
+    any size works: it is padded (replicating its border) to a multiple of ``window``,
+    and the output cropped.
+
+    Input ``(B, C, h, w)`` LR -> output ``(B, C, h s, w s)``.
+    """
+
+    def __init__(self, scale: int, num_channels: int = 1, dim: int = 48, depth: int = 4,
+                 heads: int = 3, window: int = 8, mlp_ratio: float = 2.0) -> None:
+        super().__init__()
+        from functools import partial
+
+        from .attention import WindowAttention
+        from .models import Block
+
+        _check_scale_int(scale, "WindowSR")
+        if dim % heads:
+            raise ValueError(f"WindowSR: dim={dim} must be divisible by heads={heads}")
+        self.scale, self.num_channels, self.window = scale, num_channels, window
+        self.head = nn.Conv2d(num_channels, dim, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio=mlp_ratio,
+                  attn=partial(WindowAttention, window_size=window,
+                               shift=0 if i % 2 == 0 else window // 2))
+            for i in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.body_conv = nn.Conv2d(dim, dim, 3, padding=1)
+        self.tail = nn.Conv2d(dim, num_channels * scale**2, 3, padding=1)
+        _zero_init(self.tail)             # the untrained network is its bicubic skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, h, w)`` LR -> ``(B, C, h s, w s)``."""
+        _check_net_input(x, self.num_channels, "WindowSR")
+        h, w = x.shape[-2:]
+        s, win = self.scale, self.window
+        xp = F.pad(x, (0, (-w) % win, 0, (-h) % win), mode="replicate")  # grid divisible by w
+        B, _, H, W = xp.shape
+        f0 = self.head(xp)                                               # (B, D, H, W)
+        t = f0.flatten(2).transpose(1, 2)                                # (B, H W, D) raster
+        for block in self.blocks:
+            block.attn.grid = (H, W)      # WindowAttention reads the grid of this image
+            t = block(t)
+        f = self.norm(t).transpose(1, 2).reshape(B, -1, H, W)
+        f = f0 + self.body_conv(f)                                       # long skip
+        y = pixel_shuffle(self.tail(f), s)[..., : h * s, : w * s]
+        return y + bicubic_skip(x, s)                                    # global residual
+
+
+# ---------------------------------------------------------------------------------------
+# Using a Y-channel network on RGB images
+# ---------------------------------------------------------------------------------------
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def upscale(model: nn.Module | None, lr: Tensor, scale: int, *, color: bool = False) -> Tensor:
+    """Super-resolve an RGB LR image with a Y-channel network (or bicubic with ``model=None``).
+
+    As SRCNN does: the network upscales the luma Y only; the chroma Cb, Cr are upscaled by
+    bicubic (the eye is far less sensitive to them), then converted back to RGB.
+
+    Args:
+        model: LR Y ``(B, 1, h, w)`` -> HR Y ``(B, 1, s h, s w)``, in eval mode; ``None``
+            for the bicubic baseline.
+        lr: RGB float in ``[0, 1]``, ``(B, 3, h, w)`` or ``(3, h, w)``.
+        color: return RGB (clamped to [0, 1]) instead of Y.
+    Returns:
+        Y ``(B, 1, s h, s w)`` (what :func:`evaluate` measures) or RGB ``(B, 3, s h, s w)``,
+        on the model's device (on ``lr``'s for bicubic); no batch dim if ``lr`` had none.
+    """
+    _check_image(lr, "upscale", channels=(3,))
+    single = lr.dim() == 3
+    lr = lr[None] if single else lr
+    if model is None:
+        out = imresize(lr, scale)
+        out = out.clamp(0, 1) if color else rgb_to_y(out)
+    else:
+        dev = _model_device(model)
+        y = model(rgb_to_y(lr).to(dev))
+        if color:
+            ycc = rgb_to_ycbcr(imresize(lr, scale)).to(dev)
+            out = ycbcr_to_rgb(torch.cat([y.to(ycc.dtype), ycc[:, 1:]], dim=1)).clamp(0, 1)
+        else:
+            out = y
+    return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------------------
+# The cost of one video frame
+# ---------------------------------------------------------------------------------------
+
+def frame_cost(model: nn.Module, scale: int, height: int = 1080, width: int = 1920, *,
+               device: torch.device | str | None = None, warmup: int = 1,
+               repeat: int = 3) -> dict:
+    """FLOPs and time to produce one ``height x width`` Y output frame from its LR frame.
+
+    The LR input is ``(1, C, height / s, width / s)`` (sizes must divide by ``s``: 1080p
+    does for s = 2, 3, 4). FLOPs are counted with ``ml.bench.count_flops`` on a copy of
+    the model on the ``meta`` device (shapes only, no arithmetic: instant even for
+    1080p); time is the median of ``repeat`` calls of ``ml.bench.time_fn`` (CUDA
+    synchronized) on ``device`` (default: the model's) under ``torch.inference_mode``.
+
+    Returns ``{"flops", "ms", "fps", "timing", "device", "lr_size"}``: FLOPs per frame,
+    median milliseconds per frame, frames per second ``1000 / ms``, the
+    :class:`~minilib.bench.Timing`, the device name, and ``(h, w)`` of the LR frame.
+    """
+    import copy
+
+    from . import bench
+
+    _check_scale_int(scale, "frame_cost")
+    if height % scale or width % scale:
+        raise ValueError(f"frame_cost: a {height}x{width} frame is not divisible by scale "
+                         f"{scale}; pick a frame size that is (1080p works for 2, 3, 4)")
+    channels = getattr(model, "num_channels", None)
+    if channels is None:
+        channels = getattr(getattr(model, "net", None), "num_channels", 1)
+    lr_size = (height // scale, width // scale)
+    was_training = model.training
+    model.eval()
+    try:
+        meta = copy.deepcopy(model).to("meta")
+        flops = bench.count_flops(meta, torch.empty(1, channels, *lr_size, device="meta"))
+        dev = torch.device(device) if device is not None else _model_device(model)
+        runner = model if dev == _model_device(model) else copy.deepcopy(model).to(dev)
+        x = torch.rand(1, channels, *lr_size, device=dev)
+        with torch.inference_mode():
+            timing = bench.time_fn(runner, x, warmup=warmup, repeat=repeat)
+    finally:
+        model.train(was_training)
+    return {"flops": flops, "ms": timing.median * 1e3, "fps": 1.0 / timing.median,
+            "timing": timing, "device": str(dev), "lr_size": lr_size}
+
+
+# ---------------------------------------------------------------------------------------
+# The chapter's four networks, trained on T91 and cached
+# ---------------------------------------------------------------------------------------
+
+MODEL_NAMES: tuple[str, ...] = ("srcnn", "fsrcnn", "espcn", "windowsr")
+
+
+def build_model(name: str, scale: int, residual: bool = True) -> nn.Module:
+    """One of :data:`MODEL_NAMES` as an LR Y ``(B, 1, h, w)`` -> HR Y module.
+
+    ``srcnn``: :class:`SRCNN` 9-1-5 (the ECCV 2014 base model) behind MATLAB bicubic
+    (:class:`PreUpsample`); ``fsrcnn``: FSRCNN(56, 12, 4); ``espcn``: ESPCN 5-3-3 (64, 32);
+    ``windowsr``: :class:`WindowSR` with its defaults (48 wide, 4 blocks, 8x8 windows).
+    All four learn a global residual over bicubic (``residual=True``): the papers'
+    layers, trained the way that converges in minutes instead of days. ``residual=False``
+    gives the CNNs exactly as published (WindowSR always has its skip).
+    """
+    _check_scale_int(scale, "build_model")
+    builders: dict[str, Callable[[], nn.Module]] = {
+        "srcnn": lambda: PreUpsample(SRCNN(f2=1, residual=residual), scale),
+        "fsrcnn": lambda: FSRCNN(scale, residual=residual),
+        "espcn": lambda: ESPCN(scale, residual=residual),
+        "windowsr": lambda: WindowSR(scale),
+    }
+    if name not in builders:
+        raise ValueError(f"unknown SR model {name!r}; use one of {', '.join(MODEL_NAMES)}")
+    return builders[name]()
+
+
+def eval_images(name: str, limit: int | None = None) -> list[Tensor]:
+    """The HR images of SR set ``name`` (``ml.data.sr_images``), or its ``limit`` smallest.
+
+    The subset keeps smoke-scale runs fast; papers and the cpu/gpu scales use whole sets.
+    """
+    from .data import sr_images
+
+    images = sr_images(name)
+    if limit is None:
+        return images
+    return sorted(images, key=lambda img: img.shape[-1] * img.shape[-2])[:limit]
+
+
+def recipe(name: str, scale: int, residual: bool = True) -> dict:
+    """The training configuration of ``name`` at ``scale`` for the current ``ml.scale()``.
+
+    The same for every network (only the network changes): random 16x16 (gpu: 24x24) LR
+    patches of T91 with the 8 symmetries, L1 loss, Adam with a warm-up + cosine schedule.
+    The dict is the cache key of :func:`trained_model`, so changing any value retrains.
+    """
+    from .env import pick
+
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown SR model {name!r}; use one of {', '.join(MODEL_NAMES)}")
+    return {
+        "model": name, "scale": _check_scale_int(scale, "recipe"), "residual": residual,
+        "train_set": "T91",
+        "patch": pick(smoke=16, cpu=16, gpu=24),
+        "batch": pick(smoke=4, cpu=16, gpu=32),
+        "steps": pick(smoke=10, cpu=500, gpu=10000),
+        "lr": 2e-3 if name == "windowsr" else 1e-3,
+        "loss": "l1", "eval_sets": pick(smoke=["Set5"], cpu=["Set5", "Set14"],
+                                        gpu=["Set5", "Set14"]),
+        "eval_limit": pick(smoke=2, cpu=None, gpu=None),
+        "seed": 0,
+    }
+
+
+def trained_model(name: str, scale: int, *, residual: bool = True, retrain: bool = False,
+                  device: torch.device | str | None = None,
+                  progress: bool = True) -> tuple[nn.Module, dict]:
+    """``name`` trained by :func:`recipe` on T91 at ``scale``, from the cache if it is there.
+
+    Training: ``ml.train.fit`` on a :class:`PatchSampler` (fresh random patches every
+    step), float32 (no autocast: PSNR is measured on 8-bit levels, and bf16 keeps only
+    about 8 bits of mantissa). After training the model is evaluated on the recipe's
+    ``eval_sets`` with :func:`evaluate` (PSNR/SSIM on Y, shave = scale; at the smoke scale
+    on the ``eval_limit`` smallest images only, see :func:`eval_images`); the record's
+    ``metrics`` hold ``{"Set5": {"psnr", "ssim"}, ...}`` and ``train_loss``.
+
+    Returns ``(model in eval mode on device, record)``; see ``ml.train.train_or_load``.
+    """
+    from . import data as _data
+    from . import train as _train
+
+    config = recipe(name, scale, residual)
+
+    def loss_fn(pred: Tensor, target: Tensor) -> Tensor:
+        return F.l1_loss(pred.float(), target) if config["loss"] == "l1" \
+            else F.mse_loss(pred.float(), target)
+
+    def train(model: nn.Module) -> "_train.History":
+        sampler = PatchSampler(config["train_set"], scale, config["patch"],
+                               config["batch"], steps_per_epoch=500,
+                               device=_model_device(model))
+        opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
+        steps = config["steps"]
+        return _train.fit(model, sampler, optimizer=opt, steps=steps,
+                          schedule=_train.warmup_cosine(steps, max(1, steps // 20), final=0.01),
+                          loss_fn=loss_fn, eval_every=max(1, steps // 20), amp=False,
+                          progress=progress, desc=f"{name} x{scale}")
+
+    def metrics(model: nn.Module, history: "_train.History") -> dict:
+        out: dict = {"train_loss": history.last("train_loss")}
+        for set_name in config["eval_sets"]:
+            out[set_name] = evaluate(lambda lr: upscale(model, lr, scale),
+                                     eval_images(set_name, config["eval_limit"]), scale)
+        return out
+
+    return _train.train_or_load(f"sr-{name}-x{scale}", config,
+                                lambda: build_model(name, scale, config["residual"]),
+                                train, retrain=retrain, device=device, metrics=metrics)

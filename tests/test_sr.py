@@ -456,3 +456,246 @@ def test_bicubic_baseline_matches_published(book_data, name, psnr_tol, ssim_tol)
         assert got["psnr"] == pytest.approx(want_psnr, abs=psnr_tol)
         if ssim_tol is not None:
             assert got["ssim"] == pytest.approx(want_ssim, abs=ssim_tol)
+
+
+# ---------------------------------------------------------------------------------------
+# Training data: dihedral augmentation and the patch sampler
+# ---------------------------------------------------------------------------------------
+
+def _all_symmetries(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 images rot90^k(x) and rot90^k(mirror(x)), written independently of dihedral."""
+    return [torch.rot90(y, k, dims=(-2, -1)) for y in (x, x.flip(-1)) for k in range(4)]
+
+
+def test_dihedral_reaches_all_eight_symmetries():
+    x = _rand(1, 1, 5, 5, seed=3)
+    ops = torch.tensor([[t, r, c] for t in (0, 1) for r in (0, 1) for c in (0, 1)], dtype=torch.bool)
+    out = sr.dihedral(x.expand(8, 1, 5, 5), ops)
+    want = _all_symmetries(x[0])
+    for b in range(8):                        # each output is one of the 8 symmetries ...
+        assert sum(torch.equal(out[b], w) for w in want) == 1
+    for w in want:                            # ... and all 8 are reached
+        assert any(torch.equal(out[b], w) for b in range(8))
+    # it commutes with nearest upscaling, so LR and HR patches stay aligned
+    up = x.repeat_interleave(3, -1).repeat_interleave(3, -2).expand(8, 1, 15, 15)
+    down_then_up = sr.dihedral(x.expand(8, 1, 5, 5), ops).repeat_interleave(3, -1).repeat_interleave(3, -2)
+    torch.testing.assert_close(sr.dihedral(up, ops), down_then_up, rtol=0, atol=0)
+
+
+def test_dihedral_bad_inputs():
+    with pytest.raises(ValueError, match="square"):
+        sr.dihedral(torch.rand(2, 1, 4, 5), torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\(B, 3\)"):
+        sr.dihedral(torch.rand(2, 1, 4, 4), torch.zeros(2, 2, dtype=torch.bool))
+
+
+def _tiny_images() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    sizes = [(25, 31), (19, 22), (9, 30)]     # the last one is too small for 5x5 LR at x3
+    return [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in sizes]
+
+
+def test_patch_sampler_locate_is_a_bijection_onto_all_windows():
+    smp = sr.PatchSampler(_tiny_images(), 3, 5, 4, device="cpu")
+    assert smp.skipped == 1 and smp.num_images == 2
+    # LR sizes after modcrop: (8, 10) and (6, 7) -> (8-5+1)(10-5+1) + (6-5+1)(7-5+1) windows
+    assert smp.num_windows == 4 * 6 + 2 * 3
+    n, i, j = smp.locate(torch.arange(smp.num_windows))
+    seen = set(zip(n.tolist(), i.tolist(), j.tolist()))
+    want = {(0, a, b) for a in range(4) for b in range(6)} | {(1, a, b) for a in range(2) for b in range(3)}
+    assert seen == want
+
+
+def test_patch_sampler_pairs_match_the_protocol():
+    images = _tiny_images()
+    g = torch.Generator().manual_seed(0)
+    smp = sr.PatchSampler(images, 3, 5, 16, augment=False, device="cpu", generator=g,
+                          steps_per_epoch=3)
+    lr, hr = smp.sample()
+    assert lr.shape == (16, 1, 5, 5) and hr.shape == (16, 1, 15, 15)
+    assert lr.dtype == hr.dtype == torch.float32
+    pairs = []
+    for img in images[:2]:
+        h, l = sr.make_pair(img, 3)
+        pairs.append((sr.rgb_to_y(l)[0], sr.rgb_to_y(h)[0]))
+    for b in range(16):                       # find the LR window, check the HR one under it
+        hits = [(n, a, c) for n, (ly, _) in enumerate(pairs)
+                for a in range(ly.shape[0] - 4) for c in range(ly.shape[1] - 4)
+                if torch.allclose(ly[a:a + 5, c:c + 5], lr[b, 0])]
+        assert hits, "an LR patch is not a window of any LR image"
+        n, a, c = hits[0]
+        torch.testing.assert_close(hr[b, 0], pairs[n][1][3 * a:3 * a + 15, 3 * c:3 * c + 15])
+    assert len(smp) == 3 and len(list(smp)) == 3
+
+
+def test_patch_sampler_augments_pairs_consistently_and_reproducibly():
+    images = _tiny_images()
+    a = sr.PatchSampler(images, 2, 4, 32, device="cpu", generator=torch.Generator().manual_seed(5))
+    b = sr.PatchSampler(images, 2, 4, 32, device="cpu", generator=torch.Generator().manual_seed(5))
+    (lr_a, hr_a), (lr_b, hr_b) = a.sample(), b.sample()
+    torch.testing.assert_close(lr_a, lr_b, rtol=0, atol=0)
+    torch.testing.assert_close(hr_a, hr_b, rtol=0, atol=0)
+    # the HR patch, shrunk by 2x2 averaging, stays close to its LR patch whatever the symmetry
+    # (bicubic downscaling is a smooth low-pass, so the two agree much better than chance)
+    pooled = F.avg_pool2d(hr_a, 2)
+    matched = (pooled - lr_a).abs().mean()
+    shuffled = (pooled - lr_a.roll(1, dims=0)).abs().mean()
+    assert matched < 0.5 * shuffled
+
+
+def test_patch_sampler_bad_inputs():
+    with pytest.raises(ValueError, match="no image is large enough"):
+        sr.PatchSampler(_tiny_images(), 4, 50, 2, device="cpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        sr.PatchSampler(_tiny_images(), 2, 4, 0, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------
+# PreUpsample, WindowSR, upscale, frame_cost, the model zoo
+# ---------------------------------------------------------------------------------------
+
+def test_preupsample_is_bicubic_then_net():
+    torch.manual_seed(0)
+    net = sr.SRCNN(f2=1)
+    x = torch.rand(2, 1, 7, 9)
+    torch.testing.assert_close(sr.PreUpsample(net, 3)(x), net(sr.imresize(x, 3)))
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_window_sr_any_size_and_gradients(scale):
+    torch.manual_seed(0)
+    net = sr.WindowSR(scale, dim=12, depth=2, heads=2, window=4)
+    x = torch.rand(2, 1, 6, 9)                # not multiples of the window: padded, cropped
+    y = net(x)
+    assert y.shape == (2, 1, 6 * scale, 9 * scale)
+    y.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    shifts = [blk.attn.shift for blk in net.blocks]
+    assert shifts == [(0, 0), (2, 2)]         # unshifted, then shifted by window // 2
+
+
+def test_residual_networks_start_at_their_skip():
+    x = torch.rand(2, 1, 5, 7)
+    for net in (sr.WindowSR(3, dim=8, depth=2, heads=2, window=4), sr.ESPCN(3, residual=True)):
+        torch.testing.assert_close(net(x), sr.bicubic_skip(x, 3), rtol=0, atol=0)
+    torch.testing.assert_close(sr.SRCNN(residual=True)(x), x, rtol=0, atol=0)
+    # FSRCNN keeps the paper's N(0, 0.001^2) deconv init: close to its skip, not equal
+    assert (sr.FSRCNN(3, residual=True)(x) - sr.bicubic_skip(x, 3)).abs().max() < 0.05
+    assert sr.ESPCN(3).body[-1].weight.abs().sum() > 0          # the paper's init otherwise
+
+
+def test_residual_networks_add_bicubic():
+    # with the last layer zeroed, a residual network is its fixed upscaler
+    x = torch.rand(2, 1, 5, 7)
+    for net in (sr.WindowSR(3, dim=8, depth=2, heads=2, window=4), sr.ESPCN(3, residual=True)):
+        last = net.tail if isinstance(net, sr.WindowSR) else net.body[-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+        torch.testing.assert_close(net(x), sr.bicubic_skip(x, 3), rtol=0, atol=0)
+    fsrcnn = sr.FSRCNN(3, residual=True)
+    torch.nn.init.zeros_(fsrcnn.upsample.weight)
+    torch.nn.init.zeros_(fsrcnn.upsample.bias)
+    torch.testing.assert_close(fsrcnn(x), sr.bicubic_skip(x, 3), rtol=0, atol=0)
+    srcnn = sr.SRCNN(f2=1, residual=True)
+    torch.nn.init.zeros_(srcnn.body[-1].weight)
+    torch.nn.init.zeros_(srcnn.body[-1].bias)
+    torch.testing.assert_close(srcnn(x), x, rtol=0, atol=0)
+    torch.testing.assert_close(sr.bicubic_skip(x, 2),
+                               F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False))
+    # residual=False is the paper's network: the output does not contain the input
+    plain = sr.ESPCN(3)
+    torch.nn.init.zeros_(plain.body[-1].weight)
+    torch.nn.init.zeros_(plain.body[-1].bias)
+    assert plain(x).abs().max() == 0
+
+
+def test_window_sr_pads_to_a_window_multiple():
+    # an image that is not a multiple of the window is run as its replicate-padded version
+    torch.manual_seed(1)
+    net = sr.WindowSR(2, dim=8, depth=2, heads=2, window=4).eval()
+    x = torch.rand(1, 1, 6, 7)
+    xp = F.pad(x, (0, 1, 0, 2), mode="replicate")                       # 8 x 8
+    with torch.no_grad():
+        got = net(x) - sr.bicubic_skip(x, 2)
+        want = (net(xp) - sr.bicubic_skip(xp, 2))[..., :12, :14]
+    assert got.shape == (1, 1, 12, 14)
+    torch.testing.assert_close(got, want)
+
+
+def test_upscale_bicubic_and_color():
+    lr = _rand(3, 6, 8, seed=2, dtype=torch.float32)
+    rgb = sr.upscale(None, lr, 2, color=True)
+    torch.testing.assert_close(rgb, sr.imresize(lr, 2).clamp(0, 1))
+    torch.testing.assert_close(sr.upscale(None, lr, 2), sr.rgb_to_y(sr.imresize(lr, 2)))
+    # a "network" that is bicubic on Y gives back bicubic RGB: chroma comes from bicubic
+    bicubic_y = sr.PreUpsample(torch.nn.Identity(), 2)
+    torch.testing.assert_close(sr.upscale(bicubic_y, lr[None], 2, color=True), rgb[None],
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(sr.upscale(bicubic_y, lr, 2), sr.rgb_to_y(sr.imresize(lr, 2)),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="3 channels"):
+        sr.upscale(None, torch.rand(1, 1, 4, 4), 2)
+
+
+def test_frame_cost_counts_flops_without_running_on_meta():
+    torch.manual_seed(0)
+    net = sr.ESPCN(3).train()
+    cost = sr.frame_cost(net, 3, 30, 48, repeat=2)
+    assert net.training                       # the mode is restored
+    assert cost["flops"] == ml_bench_count(net, torch.rand(1, 1, 10, 16))
+    assert cost["lr_size"] == (10, 16) and cost["device"] == "cpu"
+    assert cost["ms"] > 0 and cost["fps"] == pytest.approx(1000 / cost["ms"])
+    assert len(cost["timing"].times) == 2
+    # the formula for ESPCN: 2 * sum(C_in k^2 C_out) per LR pixel
+    per_pixel = 2 * (1 * 25 * 64 + 64 * 9 * 32 + 32 * 9 * 9)
+    assert cost["flops"] == per_pixel * 10 * 16
+    # SRCNN counts its bicubic step too; attention counts its matmuls
+    for name in ("srcnn", "windowsr"):
+        model = sr.build_model(name, 2)
+        assert sr.frame_cost(model, 2, 16, 16, repeat=1)["flops"] == ml_bench_count(model, torch.rand(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="not divisible"):
+        sr.frame_cost(net, 3, 1080, 1000)
+
+
+def ml_bench_count(model, x):
+    from minilib import bench
+    return bench.count_flops(model, x)
+
+
+def test_build_model_and_recipe():
+    for name in sr.MODEL_NAMES:
+        m = sr.build_model(name, 4)
+        assert m(torch.rand(1, 1, 8, 8)).shape == (1, 1, 32, 32)
+        cfg = sr.recipe(name, 4)
+        assert cfg["model"] == name and cfg["scale"] == 4 and cfg["train_set"] == "T91"
+    with pytest.raises(ValueError, match="unknown SR model"):
+        sr.build_model("edsr", 2)
+    with pytest.raises(ValueError, match="unknown SR model"):
+        sr.recipe("edsr", 2)
+
+
+def test_trained_model_trains_evaluates_and_caches(book_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("BOOK_SCALE", "smoke")
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path))
+    recipe = sr.recipe
+    # the smoke recipe, on a smaller training set to keep this test fast
+    monkeypatch.setattr(sr, "recipe", lambda name, scale, residual=True: {
+        **recipe(name, scale, residual), "train_set": "Set5", "steps": 10})
+    model, record = sr.trained_model("espcn", 2, progress=False)
+    assert not model.training
+    assert record["config"]["steps"] == 10 and len(record["history"]["rows"]) >= 1
+    assert set(record["metrics"]) == {"train_loss", "Set5"}
+    set5 = record["metrics"]["Set5"]
+    assert 20 < set5["psnr"] < 45 and 0 < set5["ssim"] <= 1
+    again, record2 = sr.trained_model("espcn", 2, progress=False)      # from the cache
+    assert record2["metrics"] == record["metrics"]
+    for p, q in zip(model.parameters(), again.parameters()):
+        torch.testing.assert_close(p.cpu(), q.cpu(), rtol=0, atol=0)
+
+
+def test_eval_images_smallest_subset(book_data):
+    full = sr.eval_images("Set5")
+    assert len(full) == 5
+    small = sr.eval_images("Set5", 2)
+    sizes = sorted(img.shape[-1] * img.shape[-2] for img in full)
+    assert [img.shape[-1] * img.shape[-2] for img in small] == sizes[:2]
