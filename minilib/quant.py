@@ -14,7 +14,7 @@ Everything in this module is a variation on those two lines:
 what                           functions / classes
 =============================  =============================================================
 the grid                       :func:`qrange`, :func:`qparams`, :func:`quantize`,
-                               :func:`dequantize`
+                               :func:`dequantize`, :func:`sqnr` (its error in dB)
 simulated quantization         :func:`fake_quant` (straight-through gradient, as
                                ``torch.fake_quantize_per_tensor_affine`` /
                                ``torch.fake_quantize_per_channel_affine``)
@@ -25,6 +25,13 @@ integer kernels                :func:`int8_matmul` (``torch._int_mm`` on CUDA)
 outliers and weight-only       :func:`smooth_quant_scales` (SmoothQuant), :func:`gptq_quantize`
                                (GPTQ), :func:`lorc` (ZeroQuant-V2 low-rank compensation)
 floating-point formats         :func:`fp8_round_trip`, :func:`fp4_e2m1`, :func:`fp4_e2m1_round`
+whole models                   :func:`input_stats` (per-channel absmax, GPTQ Hessians),
+                               :func:`gptq_model`, :func:`smooth_quant_fold`,
+                               :func:`smooth_quant_model`, :class:`LoRCLinear`,
+                               :func:`lorc_model`
+real storage                   :func:`pack_int4`, :func:`unpack_int4`,
+                               :class:`WeightOnlyLinear`, :func:`weight_only_model`,
+                               :func:`quantized_bytes`
 =============================  =============================================================
 
 Conventions (the same everywhere in the module):
@@ -81,11 +88,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "qrange", "qparams", "quantize", "dequantize", "fake_quant",
+    "qrange", "qparams", "quantize", "dequantize", "fake_quant", "sqnr",
     "choose_range", "calibrate",
     "QuantLinear", "QuantConv2d", "quantize_model",
     "smooth_quant_scales", "int8_matmul", "int8_matmul_backend", "gptq_quantize", "lorc",
     "fp8_round_trip", "fp4_e2m1", "fp4_e2m1_round", "FP4_E2M1_VALUES",
+    "input_stats", "gptq_model", "smooth_quant_fold", "smooth_quant_model",
+    "LoRCLinear", "lorc_model", "pack_int4", "unpack_int4", "WeightOnlyLinear",
+    "weight_only_model", "quantized_bytes",
 ]
 
 # The smallest scale we allow: PyTorch's observers clamp the scale to float32 epsilon, so
@@ -392,6 +402,28 @@ def dequantize(
     return _unview((qv - z) * s, group_size).to(dtype)
 
 
+def sqnr(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in decibels: ``10 log10(sum x^2 / sum (x - x_hat)^2)``.
+
+    The standard figure of merit of a quantizer: each extra bit of a uniform grid halves
+    the step ``s`` and so quarters the noise power ``s^2 / 12``, adding ``20 log10 2 = 6.02``
+    dB. ``inf`` when ``x_hat == x``.
+
+    Args:
+        x: the original tensor, any shape.
+        x_hat: its quantized (dequantized) version, same shape.
+    """
+    _check_float(x, "sqnr")
+    _check_float(x_hat, "sqnr", "x_hat")
+    if x.shape != x_hat.shape:
+        raise ValueError(f"sqnr: x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+    x64, e64 = x.detach().double(), (x.detach().double() - x_hat.detach().double())
+    noise = e64.square().sum().item()
+    if noise == 0:
+        return math.inf
+    return 10.0 * math.log10(x64.square().sum().item() / noise)
+
+
 # ---------------------------------------------------------------------------------------
 # Fake quantization with the straight-through estimator
 # ---------------------------------------------------------------------------------------
@@ -538,13 +570,17 @@ def choose_range(
     if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
         raise ValueError(f"choose_range: n_grid must be a positive integer, got {n_grid!r}")
     qmin, qmax = qrange(bits, symmetric)
+    ratios = (torch.arange(1, n_grid + 1, dtype=torch.float64) / n_grid).float().to(v.device)
     errs = []
-    for k in range(1, n_grid + 1):
-        s, z = qparams(k / n_grid * lo, k / n_grid * hi, bits, symmetric)
+    # Several candidate ratios at once, as rows of a (chunk, N) matrix of at most 2^22 values:
+    # a few large tensor ops instead of n_grid small ones (each op has a fixed overhead).
+    for r in ratios.split(max(1, 2 ** 22 // v.numel())):
+        s, z = qparams(r * lo, r * hi, bits, symmetric)
+        s, z = s[:, None], z[:, None].to(v.dtype)
         # (x_hat - x)^2 of the fake-quantized values, computed in place (this loop is hot)
         d = torch.round(v * (1.0 / s)).add_(z).clamp_(qmin, qmax).sub_(z).mul_(s).sub_(v)
-        errs.append(d.square_().mean())
-    best_r = (int(torch.stack(errs).argmin()) + 1) / n_grid  # first (smallest) r on ties
+        errs.append(d.square_().mean(dim=1))
+    best_r = (int(torch.cat(errs).argmin()) + 1) / n_grid  # first (smallest) r on ties
     return best_r * lo, best_r * hi
 
 
@@ -1375,3 +1411,665 @@ def fp4_e2m1(x: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
     amax = xv.abs().amax() if group_size is None else xv.abs().amax(dim=-1, keepdim=True)
     scale = (amax / FP4_E2M1_VALUES[-1]).clamp(min=torch.finfo(torch.float32).tiny)
     return _unview(fp4_e2m1_round(xv / scale) * scale, group_size).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Whole models: layer-input statistics, GPTQ, SmoothQuant folding, LoRC
+# ---------------------------------------------------------------------------------------
+
+_LINEAR_LIKE = (nn.Linear, QuantLinear)
+_CONV_LIKE = (nn.Conv2d, QuantConv2d)
+
+
+class _StatsHook:
+    """A forward pre-hook that accumulates statistics of a layer's input.
+
+    * ``absmax``: ``max |x|`` per input channel (the last dim of a linear layer's input,
+      dim 1 of a convolution's), over every row seen so far;
+    * ``xtx``: with ``hessian=True``, ``sum_n x_n x_n^T`` over the rows ``x_n`` the layer
+      multiplies by its weight: the tokens of a linear layer, the unfolded
+      ``C_in * kh * kw`` patches of a convolution (the rows of ``F.unfold``, in the order
+      of ``weight.flatten(1)``).
+    """
+
+    def __init__(self, module: nn.Module, hessian: bool) -> None:
+        self.module, self.hessian = module, hessian
+        self.absmax: torch.Tensor | None = None
+        self.xtx: torch.Tensor | None = None
+        self.n = 0
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0].detach()
+        if isinstance(self.module, _CONV_LIKE):
+            amax = x.abs().amax(dim=(0, 2, 3))
+            rows = None
+            if self.hessian:
+                m = self.module
+                # (B, C_in*kh*kw, L) -> (B*L, fan_in): one row per output position
+                rows = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride).transpose(1, 2).flatten(0, 1)
+            n = x.numel() // x.shape[1] if rows is None else rows.shape[0]
+        else:
+            rows = x.reshape(-1, x.shape[-1])
+            amax = rows.abs().amax(dim=0)
+            n = rows.shape[0]
+        amax = amax.float()
+        self.absmax = amax if self.absmax is None else torch.maximum(self.absmax, amax)
+        self.n += n
+        if self.hessian:
+            r = rows.float()
+            xtx = (r.T @ r).double()
+            self.xtx = xtx if self.xtx is None else self.xtx + xtx
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early, once the layer it watches has run."""
+
+
+def _forward_batches(model: nn.Module, batches: Iterable[Any], max_batches: int | None) -> int:
+    """Run ``model`` over ``batches`` (tensors or ``(x, y)`` pairs) in eval mode, no grad.
+
+    A hook may raise :class:`_StopForward` to skip the rest of a forward pass (the layers
+    after the one it observes): the pass counts as done.
+    """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else None
+    was_training = model.training
+    n = 0
+    try:
+        model.eval()
+        with torch.no_grad():
+            for batch in batches:
+                if max_batches is not None and n >= max_batches:
+                    break
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                try:
+                    model(x.to(device) if device is not None else x)
+                except _StopForward:
+                    pass
+                n += 1
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("the batches were empty; give at least one batch of inputs")
+    return n
+
+
+def input_stats(
+    model: nn.Module,
+    batches: Iterable[Any],
+    names: Sequence[str] | None = None,
+    *,
+    hessian: bool = False,
+    max_batches: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Statistics of the inputs of a model's linear and conv layers, collected with hooks.
+
+    Runs ``model`` on ``batches`` (eval mode, no gradients) with a forward pre-hook on each
+    layer, and returns per layer name:
+
+    * ``"absmax"``: ``(C_in,)`` float32, ``max |x|`` of each input channel (feature). This
+      is what LLM.int8 and SmoothQuant look at: a few channels with huge values are the
+      "outlier features" that break per-tensor activation quantization.
+    * ``"n"``: the number of input rows seen (tokens, or conv output positions).
+    * ``"hessian"`` (with ``hessian=True``): ``(fan_in, fan_in)`` float32
+      ``H = 2/N sum_n x_n x_n^T``, GPTQ's Hessian of the layer's squared output error
+      (for a conv, ``x_n`` are the unfolded patches; ``groups=1`` and integer padding only).
+
+    Args:
+        model: any module; its ``nn.Linear`` / ``nn.Conv2d`` / :class:`QuantLinear` /
+            :class:`QuantConv2d` layers are hooked (the pre-hook sees the input *before*
+            any activation fake quantization).
+        batches: tensors or ``(inputs, targets)`` pairs; inputs are moved to the model's device.
+        names: layers to hook (names as in ``model.named_modules()``); default: all of the
+            above that run during the forward pass.
+        hessian: also accumulate ``H``.
+        max_batches: stop after this many batches.
+
+    Returns:
+        ``{name: {"absmax": ..., "n": ..., ["hessian": ...]}}`` in the order of ``names``
+        (default: module order).
+    """
+    modules = dict(model.named_modules())
+    if names is None:
+        chosen = [n for n, m in modules.items() if isinstance(m, _LINEAR_LIKE + _CONV_LIKE)]
+    else:
+        if isinstance(names, str):
+            names = (names,)
+        bad = [n for n in names if not isinstance(modules.get(n), _LINEAR_LIKE + _CONV_LIKE)]
+        if bad:
+            layers = [n for n, m in modules.items() if isinstance(m, _LINEAR_LIKE + _CONV_LIKE)]
+            raise ValueError(f"input_stats: {bad} are not linear/conv layers of the model; its layers are {layers}")
+        chosen = list(names)
+    if hessian:
+        for n in chosen:
+            m = modules[n]
+            if isinstance(m, _CONV_LIKE) and (m.groups != 1 or isinstance(m.padding, str)):
+                raise ValueError(
+                    f"input_stats: the Hessian of conv {n!r} needs groups=1 and integer padding "
+                    f"(got groups={m.groups}, padding={m.padding!r}); leave it out of names"
+                )
+    hooks = {n: _StatsHook(modules[n], hessian) for n in chosen}
+    handles = [modules[n].register_forward_pre_hook(h) for n, h in hooks.items()]
+    try:
+        _forward_batches(model, batches, max_batches)
+    finally:
+        for h in handles:
+            h.remove()
+    out: dict[str, dict[str, Any]] = {}
+    for n, h in hooks.items():
+        if h.absmax is None:
+            if names is not None:
+                raise RuntimeError(f"input_stats: layer {n!r} never ran during the forward pass")
+            continue  # e.g. the out_proj of nn.MultiheadAttention, which is never called
+        stats: dict[str, Any] = {"absmax": h.absmax, "n": h.n}
+        if hessian:
+            stats["hessian"] = (2.0 / h.n * h.xtx).float()
+        out[n] = stats
+    return out
+
+
+def gptq_model(
+    model: nn.Module,
+    batches: Iterable[Any],
+    w_bits: int,
+    group_size: int | None = None,
+    skip: Sequence[str] = (),
+    *,
+    symmetric: bool = True,
+    block_size: int = 128,
+    damp: float = 0.01,
+    max_batches: int | None = None,
+) -> nn.Module:
+    """Weight-only GPTQ of a whole model: a :func:`quantize_model` copy whose weights are
+    chosen by :func:`gptq_quantize`, one layer at a time.
+
+    As in the GPTQ paper, layers are processed *sequentially* in module order, and the
+    Hessian ``H = 2/N X^T X`` of each layer is computed from its inputs in the partly
+    quantized model (the earlier layers already hold their GPTQ weights), so each layer
+    also corrects the errors that reach it from before. Each of these forward passes stops
+    as soon as the layer has seen its input (a layer called several times per pass, e.g.
+    a shared one, contributes its first call only). Convolutions (``groups=1``) are
+    handled through their unfolded inputs; grouped convolutions keep round-to-nearest.
+
+    Args:
+        model: the float model (left untouched).
+        batches: calibration inputs (tensors or ``(x, y)`` pairs); iterated once per layer.
+        w_bits, group_size, skip, symmetric: as in :func:`quantize_model` (per output
+            channel when ``group_size`` is None).
+        block_size, damp: see :func:`gptq_quantize`.
+        max_batches: calibration batches used per layer.
+
+    Returns:
+        the quantized copy (weight-only; its layers hold a fixed grid, see
+        :meth:`QuantLinear.set_quantized_weight`).
+    """
+    batches = list(batches)
+    model_q = quantize_model(model, w_bits=w_bits, group_size=group_size, skip=skip, symmetric=symmetric)
+    layers = [(n, m) for n, m in model_q.named_modules() if isinstance(m, _QuantLayer)]
+    for name, layer in layers:
+        if isinstance(layer, QuantConv2d) and (layer.groups != 1 or isinstance(layer.padding, str)):
+            continue
+        hook = _StatsHook(layer, hessian=True)
+
+        def observe_then_stop(module: nn.Module, args: tuple[Any, ...], hook: _StatsHook = hook) -> None:
+            hook(module, args)
+            raise _StopForward  # the rest of the model does not change this layer's input
+
+        handle = layer.register_forward_pre_hook(observe_then_stop)
+        try:
+            _forward_batches(model_q, batches, max_batches)
+        finally:
+            handle.remove()
+        if hook.xtx is None:
+            raise RuntimeError(f"gptq_model: layer {name!r} never ran during the forward pass")
+        hessian = (2.0 / hook.n * hook.xtx).float()
+        q, s, z = gptq_quantize(layer.weight.flatten(1), hessian, w_bits, group_size=group_size,
+                                block_size=block_size, damp=damp, symmetric=symmetric)
+        layer.set_quantized_weight(q, s, z)
+    return model_q
+
+
+@torch.no_grad()
+def smooth_quant_fold(
+    norm: nn.Module,
+    linears: Sequence[nn.Linear],
+    act_absmax: torch.Tensor,
+    alpha: float = 0.5,
+) -> torch.Tensor:
+    """Fold SmoothQuant's migration into a normalization and the linear layers it feeds, in place.
+
+    For ``y = W norm(x)`` with ``norm(x) = gamma * xhat + beta``, dividing ``gamma`` and
+    ``beta`` by ``s`` and multiplying the columns of ``W`` by ``s`` leaves ``y`` unchanged
+    (in exact arithmetic) while the activations ``norm(x) / s`` lose their outlier channels
+    (:func:`smooth_quant_scales`): the smoothing costs nothing at inference.
+
+    Args:
+        norm: a normalization with a ``(C,)`` ``weight`` (and optionally ``bias``), e.g.
+            ``nn.LayerNorm(C)``.
+        linears: the layers whose input is ``norm``'s output (e.g. the fused qkv
+            projection), each with ``in_features = C``.
+        act_absmax: ``(C,)`` max |norm(x)| per channel, from :func:`input_stats`.
+        alpha: migration strength, see :func:`smooth_quant_scales`.
+
+    Returns:
+        ``s``: ``(C,)`` the smoothing factors that were applied.
+    """
+    weight = getattr(norm, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 1:
+        raise ValueError(
+            f"smooth_quant_fold: {type(norm).__name__} has no (C,) weight to fold the smoothing "
+            f"into; it needs an affine normalization such as nn.LayerNorm(C)"
+        )
+    if not linears:
+        raise ValueError("smooth_quant_fold: give at least one linear layer fed by the norm")
+    for lin in linears:
+        if not isinstance(lin, nn.Linear) or lin.in_features != weight.numel():
+            raise ValueError(
+                f"smooth_quant_fold: every layer must be an nn.Linear with in_features="
+                f"{weight.numel()} (the norm's size), got {lin!r}"
+            )
+    s = smooth_quant_scales(act_absmax.to(weight.device), [lin.weight for lin in linears], alpha)
+    s = s.to(weight.dtype)
+    weight.div_(s)
+    bias = getattr(norm, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        bias.div_(s)
+    for lin in linears:
+        lin.weight.mul_(s)  # (out, in) * (in,): column j times s_j
+    return s
+
+
+def smooth_quant_model(
+    model: nn.Module,
+    batches: Iterable[Any],
+    alpha: float = 0.5,
+    *,
+    max_batches: int | None = None,
+) -> nn.Module:
+    """A copy of a pre-norm transformer with SmoothQuant folded into every block.
+
+    For each pre-norm :class:`ml.models.Block` the input of the attention's ``qkv``
+    projection (fed by ``norm1``) and of the MLP's ``fc`` layer (fed by ``norm2``) are
+    smoothed with :func:`smooth_quant_fold`, using per-channel maxima measured on
+    ``batches``. These are the two layers SmoothQuant smooths in OPT/BLOOM; the other
+    linear layers (attention output, second MLP layer) have no normalization in front of
+    them to fold into. The copy computes the same function as ``model`` up to rounding;
+    quantize it afterwards (:func:`quantize_model`, :func:`calibrate`).
+
+    Args:
+        model: a float model built from ``ml.models.Block`` (ViT, CharGPT); left untouched.
+        batches: calibration inputs (tensors or ``(x, y)`` pairs).
+        alpha: migration strength in [0, 1] (0.5 in the paper for most models).
+        max_batches: stop after this many batches.
+    """
+    from .models import Block
+
+    model_s = copy.deepcopy(model)
+    pairs: list[tuple[nn.Module, str]] = []
+    for name, m in model_s.named_modules():
+        if not isinstance(m, Block):
+            continue
+        qkv, fc = getattr(m.attn, "qkv", None), getattr(m.mlp, "fc", None)
+        if m.placement != "pre" or not isinstance(qkv, nn.Linear) or not isinstance(fc, nn.Linear):
+            raise ValueError(
+                f"smooth_quant_model: block {name!r} is not a pre-norm block with attn.qkv and "
+                f"mlp.fc linear layers (placement={m.placement!r}); SmoothQuant folds into the "
+                f"norm in front of a layer, which only pre-norm blocks have"
+            )
+        prefix = f"{name}." if name else ""
+        pairs += [(m.norm1, prefix + "attn.qkv"), (m.norm2, prefix + "mlp.fc")]
+    if not pairs:
+        raise ValueError("smooth_quant_model: the model has no ml.models.Block to smooth")
+    stats = input_stats(model_s, batches, [n for _, n in pairs], max_batches=max_batches)
+    for norm, name in pairs:
+        smooth_quant_fold(norm, [model_s.get_submodule(name)], stats[name]["absmax"], alpha)
+    return model_s
+
+
+class LoRCLinear(nn.Module):
+    """A quantized linear layer plus a low-rank correction (ZeroQuant-V2's LoRC).
+
+    ``y = base(x) + (x V^T) U^T`` where ``base`` computes ``x W_q^T + b`` and ``U V``
+    (``(out, r) @ (r, in)``) approximates the quantization error ``W - W_q`` (:func:`lorc`).
+    As in ZeroQuant-V2 the factors are themselves stored in 8 bits (``factor_bits``; they
+    hold the fake-quantized values). Build it with :meth:`from_quant` or :func:`lorc_model`.
+    """
+
+    def __init__(self, base: nn.Module, U: torch.Tensor, V: torch.Tensor, factor_bits: int | None = 8) -> None:
+        super().__init__()
+        if U.ndim != 2 or V.ndim != 2 or U.shape[1] != V.shape[0]:
+            raise ValueError(f"LoRCLinear: U (out, r) and V (r, in) do not fit: {tuple(U.shape)}, {tuple(V.shape)}")
+        self.base = base
+        self.U = nn.Parameter(U.detach().clone())
+        self.V = nn.Parameter(V.detach().clone())
+        self.factor_bits = factor_bits
+
+    @property
+    def rank(self) -> int:
+        return self.U.shape[1]
+
+    @classmethod
+    def from_quant(
+        cls, base: QuantLinear, weight: torch.Tensor, rank: int, factor_bits: int | None = 8
+    ) -> "LoRCLinear":
+        """Compensate ``base`` (a :class:`QuantLinear`) for the error against the float ``weight``.
+
+        ``U, V = lorc(weight, base's quantized weight, rank)``, then each factor is
+        fake-quantized to ``factor_bits`` per row (None: keep float).
+        """
+        if not isinstance(base, QuantLinear):
+            raise TypeError(f"LoRCLinear.from_quant needs a QuantLinear, got {type(base).__name__}")
+        with torch.no_grad():
+            U, V = lorc(weight.detach().to(base.weight.dtype), base.quantized_weight().detach(), rank)
+            if factor_bits is not None and rank > 0:
+                U, V = fake_quant(U, factor_bits, axis=0), fake_quant(V, factor_bits, axis=0)
+        return cls(base, U.to(base.weight.dtype), V.to(base.weight.dtype), factor_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(*, in)`` -> ``(*, out)``."""
+        y = self.base(x)
+        if self.rank == 0:
+            return y
+        return y + F.linear(F.linear(x, self.V), self.U)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, factor_bits={self.factor_bits}"
+
+
+def lorc_model(
+    model_q: nn.Module, model_fp: nn.Module, rank: int, factor_bits: int | None = 8
+) -> nn.Module:
+    """A copy of the quantized ``model_q`` with every :class:`QuantLinear` wrapped in a
+    :class:`LoRCLinear` of rank ``min(rank, out, in)``, fitted to the float weight of the
+    layer of the same name in ``model_fp`` (the model ``model_q`` was quantized from).
+    Convolutions are left as they are."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"lorc_model: rank must be a non-negative integer, got {rank!r}")
+    fp_modules = dict(model_fp.named_modules())
+    model_l = copy.deepcopy(model_q)
+    for name, m in list(model_l.named_modules()):
+        if not isinstance(m, QuantLinear):
+            continue
+        ref = fp_modules.get(name)
+        if ref is None or getattr(ref, "weight", None) is None or ref.weight.shape != m.weight.shape:
+            raise ValueError(f"lorc_model: model_fp has no layer {name!r} with a weight of shape "
+                             f"{tuple(m.weight.shape)}; pass the model model_q was quantized from")
+        r = min(rank, *m.weight.shape)
+        wrapped = LoRCLinear.from_quant(m, ref.weight, r, factor_bits)
+        if name:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model_l.get_submodule(parent_name), child, wrapped)
+        else:
+            model_l = wrapped
+    return model_l
+
+
+# ---------------------------------------------------------------------------------------
+# Real storage: int4 packing, weight-only linear layers, model bytes
+# ---------------------------------------------------------------------------------------
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack signed 4-bit codes two per byte: ``(..., K)`` int8 in ``[-8, 7]`` -> ``(..., K/2)`` uint8.
+
+    Element ``2i`` goes to the low nibble and ``2i + 1`` to the high nibble of byte ``i``,
+    each stored with an offset of 8 (``q + 8`` in ``0..15``). ``K`` must be even.
+    """
+    if not isinstance(q, torch.Tensor) or q.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
+        raise TypeError(f"pack_int4 needs signed integer codes, got {getattr(q, 'dtype', type(q).__name__)}")
+    if q.ndim == 0 or q.shape[-1] % 2 != 0:
+        raise ValueError(f"pack_int4: the last dim must be even (two codes per byte), got shape {tuple(q.shape)}")
+    if q.numel() and (int(q.min()) < -8 or int(q.max()) > 7):
+        raise ValueError(f"pack_int4: codes must lie in [-8, 7], got [{int(q.min())}, {int(q.max())}]")
+    u = (q.to(torch.int16) + 8).to(torch.uint8)
+    return u[..., 0::2] | (u[..., 1::2] << 4)
+
+
+def unpack_int4(p: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: ``(..., K/2)`` uint8 -> ``(..., K)`` int8 in ``[-8, 7]``."""
+    if not isinstance(p, torch.Tensor) or p.dtype != torch.uint8:
+        raise TypeError(f"unpack_int4 needs uint8 bytes from pack_int4, got {getattr(p, 'dtype', type(p).__name__)}")
+    lo = (p & 0x0F).to(torch.int8) - 8
+    hi = (p >> 4).to(torch.int8) - 8
+    return torch.stack([lo, hi], dim=-1).flatten(-2)
+
+
+class WeightOnlyLinear(nn.Module):
+    """A linear layer that *stores* its weight as int8 or packed int4 codes plus scales.
+
+    Weight-only quantization (W8A16, W4A16): activations stay in floating point, and the
+    weight ``W ~= q * s`` (symmetric; one scale per output row, or per group of
+    ``group_size`` inputs) is kept in ``bits`` bits per weight: int8 codes, or int4 codes
+    packed two per byte (:func:`pack_int4`). It saves memory, and on memory-bound
+    workloads (batch-1 generation) it can save time, *if* the kernel reads the small codes
+    and dequantizes them in registers.
+
+    ``kernel="dequant"`` (default) is plain PyTorch: ``W = q * s`` is materialized in the
+    input's dtype, then ``F.linear``. That writes and reads a full-precision weight on every
+    call, so it is never faster than the float layer: it shows the storage, not the speed.
+    ``kernel="fused"`` calls PyTorch's fused weight-only kernels (private ops, see
+    :meth:`prepare_fused`): ``torch._weight_int8pack_mm`` for 8 bits per channel, and
+    ``torch._weight_int4pack_mm`` (CUDA, bfloat16) / ``torch._weight_int4pack_mm_for_cpu``
+    for 4 bits per group.
+
+    Buffers: ``qweight`` ``(out, in)`` int8 (8 bits) or ``(out, in/2)`` uint8 (4 bits);
+    ``scale`` ``(out,)`` or ``(out, in/group_size)`` float32; ``bias`` ``(out,)`` or None.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        bits: int = 8,
+        group_size: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if bits not in (4, 8):
+            raise ValueError(f"WeightOnlyLinear stores 8-bit or 4-bit weights, got bits={bits!r}")
+        if group_size is not None and (not isinstance(group_size, int) or group_size < 1
+                                       or in_features % group_size != 0):
+            raise ValueError(f"WeightOnlyLinear: group_size={group_size!r} must divide in_features={in_features}")
+        if bits == 4 and in_features % 2 != 0:
+            raise ValueError(f"WeightOnlyLinear: 4-bit packing needs an even in_features, got {in_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size = bits, group_size
+        self.kernel = "dequant"
+        cols = in_features if bits == 8 else in_features // 2
+        self.register_buffer("qweight", torch.zeros(out_features, cols, device=device,
+                                                    dtype=torch.int8 if bits == 8 else torch.uint8))
+        n_scales = (out_features,) if group_size is None else (out_features, in_features // group_size)
+        self.register_buffer("scale", torch.ones(n_scales, device=device, dtype=torch.float32))
+        self.register_buffer("bias", torch.zeros(out_features, device=device, dtype=dtype) if bias else None)
+        self._fused: dict[str, Any] | None = None
+
+    @classmethod
+    def from_float(
+        cls, linear: nn.Module, bits: int = 8, group_size: int | None = None
+    ) -> "WeightOnlyLinear":
+        """Quantize an ``nn.Linear`` (round to nearest, symmetric), or store the grid of a
+        :class:`QuantLinear` (e.g. after :func:`gptq_model`; its ``w_bits`` must be ``bits``,
+        symmetric, per channel or per group)."""
+        if isinstance(linear, QuantLinear):
+            if linear.w_bits != bits or not linear.symmetric or (linear.group_size is None and linear.w_axis != 0):
+                raise ValueError(
+                    f"WeightOnlyLinear.from_float: the QuantLinear holds w_bits={linear.w_bits}, "
+                    f"symmetric={linear.symmetric}, w_axis={linear.w_axis}; it needs w_bits={bits}, "
+                    f"symmetric, per-channel or per-group weights"
+                )
+            group_size = linear.group_size
+            q, s, _ = linear.int_weight()
+        elif isinstance(linear, nn.Linear):
+            q, s, _ = quantize(linear.weight.detach(), bits, True, axis=None if group_size else 0,
+                               group_size=group_size)
+        else:
+            raise TypeError(f"WeightOnlyLinear.from_float needs an nn.Linear or QuantLinear, got {type(linear).__name__}")
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, bits=bits,
+                    group_size=group_size, device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            layer.qweight.copy_(q if bits == 8 else pack_int4(q))
+            layer.scale.copy_(s)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def codes(self) -> torch.Tensor:
+        """The integer codes ``(out, in)`` int8."""
+        return self.qweight if self.bits == 8 else unpack_int4(self.qweight)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``W = q * s``: ``(out, in)`` in ``dtype`` (float32 gives exactly :func:`dequantize`)."""
+        q = self.codes().to(dtype)
+        s = self.scale.to(dtype)
+        if self.group_size is None:
+            return q * s[:, None]
+        return (q.unflatten(-1, (-1, self.group_size)) * s[..., None]).flatten(-2)
+
+    # -- fused kernels ---------------------------------------------------------------------
+    def prepare_fused(self, dtype: torch.dtype | None = None) -> tuple[bool, str]:
+        """Try PyTorch's fused weight-only kernel for this layer; return ``(ok, message)``.
+
+        Packs the codes into the kernel's layout once, runs it on a random input and checks
+        the result against the ``"dequant"`` path (a fast wrong kernel is worthless). On
+        success ``kernel="fused"`` may be used. ``dtype`` is the activation dtype the kernel
+        will see (default: bfloat16 on CUDA, float32 elsewhere).
+        """
+        dev = self.qweight.device
+        dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        try:
+            if self.bits == 8 and self.group_size is None:
+                if not hasattr(torch, "_weight_int8pack_mm"):
+                    return False, "torch._weight_int8pack_mm is not in this PyTorch"
+                fused = {"op": "int8", "scale": self.scale.to(dtype)}
+            elif self.bits == 4 and self.group_size is not None:
+                if self.group_size not in (32, 64, 128, 256):
+                    return False, f"int4 kernels take group sizes 32-256, not {self.group_size}"
+                q = self.codes().to(torch.int32) + 8                       # (out, in) in 0..15
+                s = self.scale.t().to(dtype)                               # (in/g, out)
+                sz = torch.stack([s, torch.zeros_like(s)], dim=-1).contiguous()  # w = (q-8)s + 0
+                if dev.type == "cuda":
+                    if not hasattr(torch, "_convert_weight_to_int4pack"):
+                        return False, "torch._convert_weight_to_int4pack is not in this PyTorch"
+                    packed = ((q[:, 0::2] << 4) | q[:, 1::2]).to(torch.uint8)
+                    w = torch._convert_weight_to_int4pack(packed, 8)
+                    fused = {"op": "int4_cuda", "w": w, "sz": sz}
+                else:
+                    if not hasattr(torch, "_convert_weight_to_int4pack_for_cpu"):
+                        return False, "torch._convert_weight_to_int4pack_for_cpu is not in this PyTorch"
+                    w = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+                    fused = {"op": "int4_cpu", "w": w, "sz": sz}
+            else:
+                return False, f"no fused kernel for {self.bits}-bit weights with group_size={self.group_size}"
+            self._fused = fused
+            g = torch.Generator(device=dev).manual_seed(0)  # leave the global RNG alone
+            x = torch.randn(5, self.in_features, device=dev, generator=g).to(dtype)
+            got = self._fused_matmul(x).float()
+            want = (x.float() @ self.dequantized_weight(torch.float32).t())
+            tol = 2e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-3
+            err = ((got - want).norm() / want.norm().clamp(min=1e-12)).item()
+            if not err <= tol:
+                self._fused = None
+                return False, f"the fused kernel disagrees with the reference (relative error {err:.2g})"
+        except (RuntimeError, NotImplementedError, TypeError) as e:  # missing kernel for this device/dtype
+            self._fused = None
+            return False, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        return True, f"{fused['op']} fused kernel on {dev.type}"
+
+    def _fused_matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        f = self._fused
+        assert f is not None
+        if f["op"] == "int8":
+            return torch._weight_int8pack_mm(x2, self.qweight, f["scale"].to(x2.dtype))
+        if f["op"] == "int4_cuda":
+            return torch._weight_int4pack_mm(x2, f["w"], self.group_size, f["sz"].to(x2.dtype))
+        return torch._weight_int4pack_mm_for_cpu(x2, f["w"], self.group_size, f["sz"].to(x2.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(*, in)`` -> ``(*, out)`` in ``x``'s dtype."""
+        if self.kernel == "fused":
+            if self._fused is None:
+                ok, msg = self.prepare_fused(x.dtype)
+                if not ok:
+                    raise RuntimeError(f"WeightOnlyLinear: no fused kernel here ({msg}); use kernel='dequant'")
+            y = self._fused_matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        g = "per-channel" if self.group_size is None else f"group_size={self.group_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bits={self.bits}, {g}, kernel={self.kernel!r}")
+
+
+def weight_only_model(
+    model: nn.Module,
+    bits: int = 8,
+    group_size: int | None = None,
+    skip: Sequence[str] = (),
+    kernel: str = "dequant",
+) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` (or :class:`QuantLinear`, keeping its
+    grid) replaced by a :class:`WeightOnlyLinear` that really stores ``bits``-bit weights.
+
+    Layers in ``skip`` (and the ``out_proj`` of ``nn.MultiheadAttention``) stay as they are;
+    convolutions are not converted. ``kernel`` is set on every new layer ("dequant" or
+    "fused"; see :class:`WeightOnlyLinear`).
+    """
+    if kernel not in ("dequant", "fused"):
+        raise ValueError(f"weight_only_model: kernel must be 'dequant' or 'fused', got {kernel!r}")
+    if isinstance(skip, str):
+        skip = (skip,)
+    names = dict(model.named_modules())
+    unknown = [s for s in skip if s not in names]
+    if unknown:
+        raise ValueError(f"weight_only_model: skip names {unknown} are not modules of the model")
+    model_w = copy.deepcopy(model)
+    for name, m in list(model_w.named_modules()):
+        if not isinstance(m, _LINEAR_LIKE) or _is_skipped(name, skip) or not name:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model_w.get_submodule(parent_name)
+        if isinstance(parent, nn.MultiheadAttention):
+            continue
+        layer = WeightOnlyLinear.from_float(m, bits, group_size)
+        layer.kernel = kernel
+        setattr(parent, child, layer)
+    return model_w
+
+
+def quantized_bytes(model: nn.Module, scale_bits: int = 32) -> int:
+    """Bytes a model needs once its quantized weights are stored as integers.
+
+    * :class:`QuantLinear` / :class:`QuantConv2d`: ``w_bits`` per weight (packed), plus one
+      ``scale_bits`` scale per row or group and, for asymmetric grids, one ``w_bits`` zero
+      point per scale; the bias and activation ranges at their own size.
+    * :class:`LoRCLinear`: its base layer as above plus ``factor_bits`` per factor entry
+      and one scale per factor row (float factors at their own size).
+    * :class:`WeightOnlyLinear`: the bytes its buffers really hold.
+    * Everything else (embeddings, norms, float layers): ``numel * element_size``.
+
+    Shared tensors (tied embeddings) count once. Compare with ``ml.bench.model_bytes``,
+    which counts the float tensors a fake-quantized model actually holds.
+    """
+    special: dict[int, float] = {}  # id(tensor) -> bits
+    for m in model.modules():
+        if isinstance(m, _QuantLayer):
+            axis, group = m._w_layout()
+            w2 = m.weight.flatten(1)
+            n_scales = math.prod(_param_shape(w2, axis, group))
+            bits = m.w_bits * m.weight.numel() + scale_bits * n_scales
+            if not m.symmetric:
+                bits += m.w_bits * n_scales
+            special[id(m.weight)] = bits
+            for t in (m.w_scale, m.w_zero_point):
+                if t is not None:
+                    special[id(t)] = 0  # counted with the weight
+        elif isinstance(m, LoRCLinear) and m.factor_bits is not None:
+            for f in (m.U, m.V):
+                special[id(f)] = m.factor_bits * f.numel() + scale_bits * f.shape[0]
+    tensors = list(model.parameters()) + list(model.buffers())
+    bits = sum(special.get(id(t), 8 * t.numel() * t.element_size()) for t in tensors)
+    return int(math.ceil(bits / 8))

@@ -682,3 +682,317 @@ def test_fp4_e2m1_only_representable_values(group_size):
     assert y16.dtype == torch.float16
     with pytest.raises(ValueError, match="divisible"):
         Q.fp4_e2m1(x, group_size=10)
+
+
+# ---------------------------------------------------------------------------------------
+# Whole models: input statistics, GPTQ, SmoothQuant folding, LoRC
+# ---------------------------------------------------------------------------------------
+
+class _ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1, dilation=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(F.relu(self.conv2(F.relu(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+def test_input_stats_absmax_and_hessians_linear_and_conv():
+    torch.manual_seed(0)
+    net = _ConvNet()
+    batches = [torch.randn(2, 3, 6, 6, generator=gen(i)) for i in range(3)]
+    st = Q.input_stats(net, [(b, None) for b in batches], hessian=True)
+    assert list(st) == ["conv1", "conv2", "head"]
+    x = torch.cat(batches)
+    with torch.no_grad():
+        h1 = F.relu(net.conv1(x))
+        feats = F.relu(net.conv2(h1)).mean(dim=(2, 3))
+    assert torch.allclose(st["conv1"]["absmax"], x.abs().amax(dim=(0, 2, 3)))
+    assert torch.allclose(st["head"]["absmax"], feats.abs().amax(dim=0))
+    assert st["head"]["n"] == 6
+    assert torch.allclose(st["head"]["hessian"], 2 * feats.T @ feats / 6, atol=1e-5)
+    # the conv Hessian gives the conv's output error: N/2 tr(E H E^T) = ||conv(x, W) - conv(x, W')||^2
+    H = st["conv2"]["hessian"].double()
+    assert H.shape == (72, 72) and st["conv2"]["n"] == 6 * 3 * 3
+    E = torch.randn(8, 72, generator=gen(5), dtype=torch.float64) * 0.1
+    lhs = st["conv2"]["n"] / 2 * torch.trace(E @ H @ E.T)
+    rhs = F.conv2d(h1.double(), E.view(8, 8, 3, 3), None, 2, 1).square().sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-4)
+    # only the named layers, errors
+    assert list(Q.input_stats(net, batches, ["head"])) == ["head"]
+    with pytest.raises(ValueError, match="not linear/conv"):
+        Q.input_stats(net, batches, ["nope"])
+    grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(ValueError, match="groups=1"):
+        Q.input_stats(grouped, [torch.randn(1, 4, 5, 5)], hessian=True)
+    with pytest.raises(ValueError, match="empty"):
+        Q.input_stats(net, [])
+
+
+def test_input_stats_skips_unused_layers_and_restores_mode():
+    mha = nn.Sequential(nn.MultiheadAttention(8, 2, batch_first=True))
+    mha.train()
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m, self.lin = mha, nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.lin(self.m[0](x, x, x)[0])
+
+    w = Wrap().train()
+    st = Q.input_stats(w, [torch.randn(2, 3, 8)])
+    assert list(st) == ["lin"] and w.training and not w.lin._forward_pre_hooks
+
+
+def _correlated_mlp_problem(seed: int):
+    g = gen(seed)
+    net = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 16))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    mix = torch.randn(32, 32, generator=g)
+    batches = [torch.randn(64, 32, generator=g) @ mix for _ in range(4)]
+    return net, batches
+
+
+@pytest.mark.parametrize("bits,group_size", [(3, None), (4, 16)])
+def test_gptq_model_beats_round_to_nearest(bits, group_size):
+    for seed in range(2):
+        net, batches = _correlated_mlp_problem(seed)
+        x = torch.cat(batches)
+        with torch.no_grad():
+            y = net(x)
+            rtn = Q.quantize_model(net, w_bits=bits, group_size=group_size)
+            gq = Q.gptq_model(net, batches, bits, group_size=group_size)
+            err_rtn = (rtn(x) - y).norm()
+            err_gptq = (gq(x) - y).norm()
+        assert err_gptq < err_rtn, (seed, err_gptq, err_rtn)
+        assert all(m.w_scale is not None for m in gq.modules() if isinstance(m, Q.QuantLinear))
+        assert type(net[0]) is nn.Linear  # the float model is untouched
+
+
+def test_gptq_model_convs_and_skip():
+    torch.manual_seed(1)
+    net = _ConvNet()
+    batches = [torch.randn(4, 3, 6, 6, generator=gen(i)) for i in range(2)]
+    gq = Q.gptq_model(net, batches, 4, skip=("head",))
+    assert isinstance(gq.conv1, Q.QuantConv2d) and gq.conv1.w_scale is not None
+    assert type(gq.head) is nn.Linear
+    with torch.no_grad():
+        y = gq(batches[0])
+    assert torch.isfinite(y).all()
+
+
+def test_smooth_quant_fold_is_exact_and_removes_outliers():
+    torch.manual_seed(2)
+    norm, lin = nn.LayerNorm(16), nn.Linear(16, 8)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(16) + 0.5)
+        norm.weight[3] = 40.0  # an outlier channel, as LayerNorm gains create in LLMs
+        norm.bias.copy_(torch.randn(16) * 0.1)
+    x = torch.randn(64, 16, generator=gen(3))
+    with torch.no_grad():
+        y = lin(norm(x))
+        a_max = norm(x).abs().amax(dim=0)
+        s = Q.smooth_quant_fold(norm, [lin], a_max, alpha=0.5)
+        y2 = lin(norm(x))
+        a2 = norm(x).abs().amax(dim=0)
+    assert s.shape == (16,)
+    assert torch.allclose(y, y2, atol=1e-5)
+    ratio = lambda a: (a.max() / a.median()).item()
+    assert ratio(a2) < ratio(a_max) / 3
+    with pytest.raises(ValueError, match="no \\(C,\\) weight"):
+        Q.smooth_quant_fold(nn.LayerNorm(16, elementwise_affine=False), [lin], a_max)
+    with pytest.raises(ValueError, match="in_features=16"):
+        Q.smooth_quant_fold(norm, [nn.Linear(8, 4)], a_max)
+
+
+def test_smooth_quant_model_on_minilib_transformers():
+    from minilib import models
+
+    torch.manual_seed(3)
+    gpt = models.CharGPT(20, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0).eval()
+    idx = [torch.randint(0, 20, (3, 8), generator=gen(i)) for i in range(2)]
+    smoothed = Q.smooth_quant_model(gpt, idx)
+    with torch.no_grad():
+        assert torch.allclose(smoothed(idx[0]), gpt(idx[0]), atol=1e-4)
+    assert not torch.equal(smoothed.blocks[0].norm1.weight, gpt.blocks[0].norm1.weight)
+    assert torch.equal(smoothed.blocks[0].attn.proj.weight, gpt.blocks[0].attn.proj.weight)
+    vit = models.ViT(image_size=8, patch_size=4, dim=16, depth=1, heads=2).eval()
+    imgs = [torch.randn(2, 3, 8, 8)]
+    with torch.no_grad():
+        assert torch.allclose(Q.smooth_quant_model(vit, imgs)(imgs[0]), vit(imgs[0]), atol=1e-4)
+    with pytest.raises(ValueError, match="no ml.models.Block"):
+        Q.smooth_quant_model(nn.Sequential(nn.Linear(4, 4)), [torch.randn(2, 4)])
+    post = models.ViT(image_size=8, patch_size=4, dim=16, depth=1, heads=2, placement="post")
+    with pytest.raises(ValueError, match="pre-norm"):
+        Q.smooth_quant_model(post, imgs)
+
+
+def test_lorc_linear_and_model():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(24, 12), nn.ReLU(), nn.Linear(12, 6))
+    q = Q.quantize_model(net, w_bits=3)
+    x = torch.randn(50, 24, generator=gen(7))
+    with torch.no_grad():
+        y = net(x)
+        errs = [(Q.lorc_model(q, net, r)(x) - y).norm().item() for r in (0, 2, 4, 8)]
+        full = Q.lorc_model(q, net, 100, factor_bits=None)  # rank clipped to each layer's size
+        assert torch.allclose(full(x), y, atol=1e-4)
+    assert errs[0] == pytest.approx((q(x) - y).norm().item())
+    assert errs[-1] < errs[0] / 2 and errs[2] < errs[0]
+    l2 = Q.lorc_model(q, net, 4)
+    assert isinstance(l2[0], Q.LoRCLinear) and l2[0].rank == 4 and l2[2].rank == 4
+    # 8-bit factors: each row of U and V lies on its own int8 grid
+    U = l2[0].U.detach()
+    assert torch.equal(Q.fake_quant(U, 8, axis=0), U)
+    with pytest.raises(ValueError, match="rank"):
+        Q.lorc_model(q, net, -1)
+    with pytest.raises(ValueError, match="model_fp"):
+        Q.lorc_model(q, nn.Sequential(nn.Linear(3, 3)), 2)
+
+
+# ---------------------------------------------------------------------------------------
+# Real storage
+# ---------------------------------------------------------------------------------------
+
+def test_pack_unpack_int4_round_trip():
+    q = torch.randint(-8, 8, (5, 12), generator=gen(8), dtype=torch.int8)
+    p = Q.pack_int4(q)
+    assert p.dtype == torch.uint8 and p.shape == (5, 6)
+    assert torch.equal(Q.unpack_int4(p), q)
+    assert int(p[0, 0]) == (int(q[0, 0]) + 8) | ((int(q[0, 1]) + 8) << 4)
+    with pytest.raises(ValueError, match="even"):
+        Q.pack_int4(q[:, :5])
+    with pytest.raises(ValueError, match="\\[-8, 7\\]"):
+        Q.pack_int4(torch.full((2, 2), 9, dtype=torch.int8))
+    with pytest.raises(TypeError, match="uint8"):
+        Q.unpack_int4(q)
+
+
+@pytest.mark.parametrize("bits,group_size", [(8, None), (4, None), (4, 16), (8, 32)])
+def test_weight_only_linear_equals_fake_quant_layer(bits, group_size):
+    torch.manual_seed(5)
+    lin = nn.Linear(64, 24)
+    wo = Q.WeightOnlyLinear.from_float(lin, bits, group_size)
+    ref = Q.QuantLinear.from_float(lin, w_bits=bits, group_size=group_size)
+    x = torch.randn(3, 7, 64, generator=gen(9))
+    with torch.no_grad():
+        assert torch.allclose(wo(x), ref(x), atol=1e-6)
+        assert torch.equal(wo.dequantized_weight(), ref.quantized_weight())
+    assert wo.qweight.dtype == (torch.int8 if bits == 8 else torch.uint8)
+    assert wo.qweight.shape == (24, 64 if bits == 8 else 32)
+    fresh = Q.WeightOnlyLinear(64, 24, bits=bits, group_size=group_size)
+    fresh.load_state_dict(wo.state_dict())
+    assert torch.equal(fresh(x), wo(x))
+    with torch.no_grad():
+        assert wo(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_weight_only_linear_from_gptq_grid_and_model():
+    net, batches = _correlated_mlp_problem(0)
+    gq = Q.gptq_model(net, batches, 4, group_size=16)
+    wo = Q.weight_only_model(gq, bits=4)
+    assert isinstance(wo[0], Q.WeightOnlyLinear) and wo[0].group_size == 16
+    x = batches[0]
+    with torch.no_grad():
+        assert torch.allclose(wo(x), gq(x), atol=1e-5)
+    with pytest.raises(ValueError, match="w_bits=8"):
+        Q.WeightOnlyLinear.from_float(gq[0], bits=8)
+    wo8 = Q.weight_only_model(net, bits=8, skip=("2",))
+    assert isinstance(wo8[0], Q.WeightOnlyLinear) and type(wo8[2]) is nn.Linear
+    with pytest.raises(ValueError, match="kernel"):
+        Q.weight_only_model(net, kernel="triton")
+    with pytest.raises(ValueError, match="bits"):
+        Q.WeightOnlyLinear(8, 8, bits=3)
+
+
+@pytest.mark.parametrize("bits,group_size", [(8, None), (4, 32)])
+def test_weight_only_fused_kernel_matches_when_available(bits, group_size):
+    torch.manual_seed(6)
+    lin = nn.Linear(64, 32)
+    wo = Q.WeightOnlyLinear.from_float(lin, bits, group_size)
+    ok, msg = wo.prepare_fused()
+    assert isinstance(msg, str) and msg
+    if not ok:
+        pytest.skip(f"no fused kernel in this PyTorch build: {msg}")
+    x = torch.randn(4, 64, generator=gen(10))
+    with torch.no_grad():
+        ref = wo(x)
+        wo.kernel = "fused"
+        got = wo(x)
+    assert torch.allclose(got, ref, rtol=1e-3, atol=1e-3)
+    odd = Q.WeightOnlyLinear.from_float(lin, 4, 16)
+    assert odd.prepare_fused()[0] is False  # group size 16 has no int4 kernel
+
+
+def test_quantized_bytes():
+    lin = nn.Linear(64, 32)
+    assert Q.quantized_bytes(lin) == ml_bytes(lin) == 4 * (64 * 32 + 32)
+    w4 = Q.QuantLinear.from_float(lin, w_bits=4)
+    assert Q.quantized_bytes(w4) == 64 * 32 // 2 + 32 * 4 + 32 * 4
+    g4 = Q.QuantLinear.from_float(lin, w_bits=4, group_size=16)
+    assert Q.quantized_bytes(g4) == 64 * 32 // 2 + (32 * 4) * 4 + 32 * 4
+    assert Q.quantized_bytes(g4, scale_bits=16) == 64 * 32 // 2 + (32 * 4) * 2 + 32 * 4
+    a4 = Q.QuantLinear.from_float(lin, w_bits=4, symmetric=False)
+    assert Q.quantized_bytes(a4) == 64 * 32 // 2 + 32 * 4 + 32 // 2 + 32 * 4
+    # LoRC rank 2 with 8-bit factors: 2 * (32 + 64) bytes + one scale per factor row
+    lr = Q.LoRCLinear.from_quant(w4, lin.weight, 2)
+    assert Q.quantized_bytes(lr) == Q.quantized_bytes(w4) + 2 * (32 + 64) + 4 * (32 + 2)
+    # WeightOnlyLinear: its real buffers
+    wo = Q.WeightOnlyLinear.from_float(lin, 4, 16)
+    assert Q.quantized_bytes(wo) == ml_bytes(wo) == 32 * 32 + 32 * 4 * 4 + 32 * 4
+    # a fixed (GPTQ) grid is not counted twice; tied weights count once
+    w4.set_quantized_weight(*w4.int_weight())
+    assert Q.quantized_bytes(w4) == 64 * 32 // 2 + 32 * 4 + 32 * 4
+    from minilib import models
+    gpt = models.CharGPT(10, block_size=4, n_layer=1, n_head=1, n_embd=8)
+    assert Q.quantized_bytes(gpt) == ml_bytes(gpt)
+
+
+def ml_bytes(model):
+    from minilib import bench
+    return bench.model_bytes(model)
+
+
+def test_sqnr():
+    x = torch.randn(10000, generator=gen(20), dtype=torch.float64)
+    assert Q.sqnr(x, x) == float("inf")
+    assert Q.sqnr(x, x * 0.9) == pytest.approx(20.0, abs=1e-9)  # noise = 0.01 x^2
+    # each bit adds about 6 dB to a uniform quantizer
+    gain = Q.sqnr(x, Q.fake_quant(x, 8)) - Q.sqnr(x, Q.fake_quant(x, 7))
+    assert 5.0 < gain < 7.0
+    with pytest.raises(ValueError, match="same shape"):
+        Q.sqnr(x, x[:5])
+
+
+def test_choose_range_mse_equals_a_plain_grid_search():
+    """The chunked search gives the ratio a one-candidate-at-a-time loop finds."""
+    x = heavy_tailed((3000,), 21)
+    for bits, symmetric in ((3, True), (4, False), (8, True)):
+        lo0, hi0 = Q.choose_range(x, bits, "minmax", symmetric)
+        errs = []
+        for k in range(1, 51):
+            s, z = Q.qparams(k / 50 * lo0, k / 50 * hi0, bits, symmetric)
+            errs.append((Q.fake_quant(x, bits, symmetric, scale=s, zero_point=z) - x).square().mean())
+        best = (int(torch.stack(errs).argmin()) + 1) / 50
+        lo, hi = Q.choose_range(x, bits, "mse", symmetric, n_grid=50)
+        assert torch.allclose(hi, best * hi0) and torch.allclose(lo, best * lo0)
+
+
+def test_gptq_model_equals_a_plain_sequential_loop():
+    """Early-stopped forward passes give the same Hessians as full ones (input_stats)."""
+    net, batches = _correlated_mlp_problem(1)
+    gq = Q.gptq_model(net, batches, 3, max_batches=3)
+    ref = Q.quantize_model(net, w_bits=3)
+    for name in ("0", "2"):
+        H = Q.input_stats(ref, batches, [name], hessian=True, max_batches=3)[name]["hessian"]
+        layer = ref.get_submodule(name)
+        layer.set_quantized_weight(*Q.gptq_quantize(layer.weight, H, 3))
+    for name in ("0", "2"):
+        assert torch.allclose(gq.get_submodule(name).weight, ref.get_submodule(name).weight, atol=1e-6)
+        assert torch.equal(gq.get_submodule(name).w_scale, ref.get_submodule(name).w_scale)
