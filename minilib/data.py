@@ -260,7 +260,7 @@ _BSDS300_URL = (
 
 # Set5, Set14, T91: `<set>/<image>  <sha256 of the .bmp download>  <sha256 of the pixels>`.
 # The pixel hash is the same for the BMP and for the pixel-identical PNG copies
-# (checked against tegg89/SRCNN-Tensorflow@78be1a24 and ../shared/data/sr).
+# (checked against tegg89/SRCNN-Tensorflow@78be1a24 and the offline PNG copies).
 _SR_TABLE = """
 Set5/baby_GT      199806aa411249a8f179fe5598bed0766d92bf7fe5ff388522e4d8d997bd2fd4 ae793a5a365b92ac15d44b2abe239c991713ccd1a2a682fdc602dbb13d2f6874
 Set5/bird_GT      498f50e8907f2421969d893aff61ee1a7c4aae23cb76452728a90e97c2889fb3 3e70746eea4bc9318dcfd9124da8a62020e783b45ad70e25f550a7acc65d0c42
@@ -403,7 +403,7 @@ DATASETS: dict[str, Dataset] = {
             sha256="6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
             alternatives=(
                 # The offline copy: the same pickles rebuilt from lossless PNGs, in another
-                # sample order, xz-compressed (see ../shared/data/cifar10/README.md).
+                # sample order, xz-compressed (see the offline copy's cifar10/README.md).
                 DataFile("cifar-10-python.tar.xz",
                          sha256="61f45e98a7abfd1e749aedf1f17717b29dd9f221139507d17e08e7753b059b71"),
                 DataFile("cifar-10-batches-py/"),  # already extracted
