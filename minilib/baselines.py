@@ -17,10 +17,23 @@ for CharGPT) and ``train_seconds``; ``record["history"]`` is the learning curve.
 Each recipe is one readable function; its sizes come from :func:`config`, which picks
 them for the current scale (``smoke``: seconds on a CPU; ``cpu``: about two minutes on
 two cores; ``gpu``: the full benchmark). Compare techniques only at the same scale.
+
+Variants: later chapters train the *same recipe* with one part swapped, so that the
+difference they measure is the technique and nothing else::
+
+    model, record = ml.baselines.cifar_vit(variant="rmsnorm", norm=ml.norm.RMSNorm)
+    model, record = ml.baselines.char_gpt(variant="post-ln", placement="post", n_layer=8)
+
+Parts (``norm=``, ``attn=``, ``mlp=``, ``act=``, ``channel_attn=``) are factories, as in
+:mod:`ml.models`; keyword arguments that name a key of :func:`config` (or ``placement``)
+override it. A factory cannot be hashed, so a variant with parts needs a ``variant`` name:
+it becomes part of the cache name (``cifar_vit-rmsnorm-cpu-<hash>.pt``), and it is up to
+the caller to give different parts different names.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import torch
@@ -34,6 +47,10 @@ from .models import MLP, CharGPT, ResNet9, ViT
 from .train import History, fit, one_cycle, train_or_load, warmup_cosine
 
 __all__ = ["config", "NAMES", "cifar_cnn", "cifar_vit", "fashion_mlp", "char_gpt"]
+
+# Config keys a variant may set that the baselines' own configs leave at the model default.
+_EXTRA_KEYS = {"cifar_cnn": (), "cifar_vit": ("placement",), "fashion_mlp": (),
+               "char_gpt": ("placement",)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,6 +126,34 @@ def config(name: str) -> dict[str, Any]:
     return _CONFIGS[name]()
 
 
+def _variant(name: str, variant: str | None, parts: dict[str, Any],
+             overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The cache name and configuration of baseline ``name`` with ``parts`` and ``overrides``.
+
+    Raises ``ValueError`` for an unknown override key, for parts without a ``variant`` name
+    (the cache could not tell two different parts apart), and for a name that is not a
+    plain token (it becomes a file name).
+    """
+    cfg = config(name)
+    known = set(cfg) | set(_EXTRA_KEYS[name])
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{name}: unknown setting(s) {', '.join(unknown)}; the settings are "
+                         f"{', '.join(sorted(known))} (parts go in as norm=, attn=, ...)")
+    given = sorted(k for k, v in parts.items() if v is not None)
+    if given and variant is None:
+        raise ValueError(f"{name}: pass variant='<short name>' together with "
+                         f"{', '.join(k + '=' for k in given)}: the name keys the cache of "
+                         f"trained models (a factory cannot be hashed), e.g. variant='rmsnorm'")
+    if variant is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", variant):
+        raise ValueError(f"{name}: variant={variant!r} must be a short name of letters, digits "
+                         f"and . _ + - (it becomes part of a file name)")
+    cfg = cfg | overrides
+    if variant is None:
+        return name, cfg
+    return f"{name}-{variant}", cfg | {"variant": variant}
+
+
 # ---------------------------------------------------------------------------------------
 # Shared pieces
 # ---------------------------------------------------------------------------------------
@@ -150,19 +195,29 @@ def _adamw(model: nn.Module, lr: float, weight_decay: float,
 # ResNet-9 on CIFAR-10
 # ---------------------------------------------------------------------------------------
 
-def cifar_cnn(*, retrain: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+def cifar_cnn(*, retrain: bool = False, variant: str | None = None,
+              norm: Callable[[int], nn.Module] | None = None,
+              act: Callable[[], nn.Module] | None = None,
+              channel_attn: Callable[[int], nn.Module] | None = None,
+              **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
     """ResNet-9 on CIFAR-10, after David Page's DAWNBench recipe ("How to train your ResNet").
 
     SGD with Nesterov momentum, a one-cycle learning rate (linear up for 5 of 24 epochs,
     linear down to 0), weight decay, label smoothing 0.2, random crops (zero padding 4),
     flips and 8x8 cutout; evaluated on the test set after every epoch with flip TTA, so
     ``time_to("val_accuracy", 0.94)`` is DAWNBench's time to 94%.
+
+    ``norm``, ``act``, ``channel_attn`` swap parts of :class:`ml.models.ResNet9` (with a
+    ``variant`` name); ``overrides`` change settings of :func:`config` (module docstring).
     """
-    cfg = config("cifar_cnn")
+    name, cfg = _variant("cifar_cnn", variant,
+                         dict(norm=norm, act=act, channel_attn=channel_attn), overrides)
     dev = default_device()
+    parts = {k: v for k, v in dict(norm=norm, act=act, channel_attn=channel_attn).items()
+             if v is not None}
 
     def build() -> nn.Module:
-        return ResNet9(num_classes=10, width=cfg["width"])
+        return ResNet9(num_classes=10, width=cfg["width"], **parts)
 
     def train(model: nn.Module) -> History:
         x, y = _shrink(*data.cifar10(train=True), cfg["n_train"])
@@ -188,28 +243,35 @@ def cifar_cnn(*, retrain: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     def metrics(model: nn.Module, history: History) -> dict[str, Any]:
         return base_metrics(model, history) | {"time_to_94": history.time_to("val_accuracy", 0.94)}
 
-    return train_or_load("cifar_cnn", cfg, build, train, retrain=retrain, device=dev,
-                         metrics=metrics)
+    return train_or_load(name, cfg, build, train, retrain=retrain, device=dev, metrics=metrics)
 
 
 # ---------------------------------------------------------------------------------------
 # ViT on CIFAR-10
 # ---------------------------------------------------------------------------------------
 
-def cifar_vit(*, retrain: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+def cifar_vit(*, retrain: bool = False, variant: str | None = None,
+              norm: Callable[[int], nn.Module] | None = None,
+              attn: Callable[..., nn.Module] | None = None,
+              mlp: Callable[..., nn.Module] | None = None,
+              **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
     """A Vision Transformer trained from scratch on CIFAR-10.
 
     Patches of 4x4 (64 tokens + a class token), pre-norm blocks; AdamW (decay on matrices
     only) with linear warm-up and cosine decay, label smoothing 0.1, random crops and
     flips. Evaluated on the test set after every epoch.
+
+    ``norm``, ``attn``, ``mlp`` swap parts of :class:`ml.models.ViT` (with a ``variant``
+    name); ``overrides`` change settings of :func:`config` or set ``placement``.
     """
-    cfg = config("cifar_vit")
+    name, cfg = _variant("cifar_vit", variant, dict(norm=norm, attn=attn, mlp=mlp), overrides)
     dev = default_device()
+    parts = {k: v for k, v in dict(norm=norm, attn=attn, mlp=mlp).items() if v is not None}
 
     def build() -> nn.Module:
         return ViT(image_size=32, patch_size=cfg["patch_size"], num_classes=10, dim=cfg["dim"],
                    depth=cfg["depth"], heads=cfg["heads"], mlp_ratio=cfg["mlp_ratio"],
-                   dropout=cfg["dropout"])
+                   dropout=cfg["dropout"], placement=cfg.get("placement", "pre"), **parts)
 
     def train(model: nn.Module) -> History:
         x, y = _shrink(*data.cifar10(train=True), cfg["n_train"])
@@ -226,7 +288,7 @@ def cifar_vit(*, retrain: bool = False) -> tuple[nn.Module, dict[str, Any]]:
                    label_smoothing=cfg["label_smoothing"], eval_loader=test,
                    desc="ViT / CIFAR-10")
 
-    return train_or_load("cifar_vit", cfg, build, train, retrain=retrain, device=dev,
+    return train_or_load(name, cfg, build, train, retrain=retrain, device=dev,
                          metrics=_classifier_metrics(torch.zeros(1, 3, 32, 32)))
 
 
@@ -267,7 +329,11 @@ def fashion_mlp(*, retrain: bool = False) -> tuple[nn.Module, dict[str, Any]]:
 # CharGPT on Tiny Shakespeare
 # ---------------------------------------------------------------------------------------
 
-def char_gpt(*, retrain: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+def char_gpt(*, retrain: bool = False, variant: str | None = None,
+             norm: Callable[[int], nn.Module] | None = None,
+             attn: Callable[..., nn.Module] | None = None,
+             mlp: Callable[..., nn.Module] | None = None,
+             **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
     """A character-level GPT on Tiny Shakespeare, after nanoGPT's ``shakespeare_char``.
 
     Random windows of ``block_size`` characters from the first 90% of the text; AdamW
@@ -275,14 +341,19 @@ def char_gpt(*, retrain: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     peak, gradient clipping at 1. Validation loss is the mean next-character cross-entropy
     (nats) over ``eval_batches`` batches of random windows of the last 10%, drawn **once**
     with a fixed seed, so every evaluation (and every run) sees the same windows.
+
+    ``norm``, ``attn``, ``mlp`` swap parts of :class:`ml.models.CharGPT` (with a
+    ``variant`` name); ``overrides`` change settings of :func:`config` or set ``placement``.
     """
-    cfg = config("char_gpt")
+    name, cfg = _variant("char_gpt", variant, dict(norm=norm, attn=attn, mlp=mlp), overrides)
     dev = default_device()
     corpus = data.shakespeare()
+    parts = {k: v for k, v in dict(norm=norm, attn=attn, mlp=mlp).items() if v is not None}
 
     def build() -> nn.Module:
         return CharGPT(corpus.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
-                       n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"])
+                       n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"],
+                       placement=cfg.get("placement", "pre"), **parts)
 
     def train(model: nn.Module) -> History:
         T, B = cfg["block_size"], cfg["batch_size"]
@@ -307,5 +378,4 @@ def char_gpt(*, retrain: bool = False) -> tuple[nn.Module, dict[str, Any]]:
             "train_seconds": history.last("time"),
         }
 
-    return train_or_load("char_gpt", cfg, build, train, retrain=retrain, device=dev,
-                         metrics=metrics)
+    return train_or_load(name, cfg, build, train, retrain=retrain, device=dev, metrics=metrics)

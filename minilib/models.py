@@ -196,25 +196,31 @@ class ResNet9(nn.Module):
     ``ConvBlock`` is ``Conv3x3 (no bias) -> norm -> act``. The final scaling by 1/8 keeps
     the initial logits small, which Page found to help with the high learning rates of
     his one-cycle schedule. ``norm(channels)`` and ``act()`` are factories (chapter 2 swaps
-    the normalization, chapter 6 the activation). With ``width=64`` the model has 6.57 M
+    the normalization, chapter 6 the activation); ``channel_attn(channels)``, if given, is a
+    ``(B, C, H, W) -> same`` module put at the end of both residual branches, before the
+    addition, where squeeze-and-excitation puts it (chapter 3: ``ml.attention.SqueezeExcite``,
+    ``ml.attention.ECA``). With ``width=64`` the model has 6.57 M
     parameters and costs 0.76 GFLOPs per 32x32 image (``ml.bench.count_flops``).
     The global pool makes it accept any input size that survives three halvings.
     """
 
     def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3,
-                 norm: NormFactory = nn.BatchNorm2d, act: Callable[[], nn.Module] = nn.ReLU):
+                 norm: NormFactory = nn.BatchNorm2d, act: Callable[[], nn.Module] = nn.ReLU,
+                 channel_attn: Callable[[int], nn.Module] | None = None):
         super().__init__()
         w = width
 
         def conv(c_in: int, c_out: int) -> ConvBlock:
             return ConvBlock(c_in, c_out, norm, act)
 
+        def branch(c: int) -> nn.Sequential:  # conv, conv[, channel attention]
+            parts = [conv(c, c), conv(c, c)] + ([channel_attn(c)] if channel_attn else [])
+            return nn.Sequential(*parts)
+
         self.prep = conv(in_channels, w)
-        self.layer1 = nn.Sequential(conv(w, 2 * w), nn.MaxPool2d(2),
-                                    Residual(nn.Sequential(conv(2 * w, 2 * w), conv(2 * w, 2 * w))))
+        self.layer1 = nn.Sequential(conv(w, 2 * w), nn.MaxPool2d(2), Residual(branch(2 * w)))
         self.layer2 = nn.Sequential(conv(2 * w, 4 * w), nn.MaxPool2d(2))
-        self.layer3 = nn.Sequential(conv(4 * w, 8 * w), nn.MaxPool2d(2),
-                                    Residual(nn.Sequential(conv(8 * w, 8 * w), conv(8 * w, 8 * w))))
+        self.layer3 = nn.Sequential(conv(4 * w, 8 * w), nn.MaxPool2d(2), Residual(branch(8 * w)))
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(8 * w, num_classes, bias=False)
         self.scale = 0.125

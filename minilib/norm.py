@@ -18,7 +18,7 @@ layer               statistics over              at inference
 
 References: BatchNorm (Ioffe & Szegedy, ICML 2015), LayerNorm (Ba, Kiros & Hinton, 2016),
 RMSNorm (Zhang & Sennrich, NeurIPS 2019), GroupNorm (Wu & He, ECCV 2018), Unified
-Normalization (Yang et al., CVPR 2022) and SLAB (Guo et al., ICML 2024) for foldable
+Normalization (Yang et al., ACM MM 2022) and SLAB (Guo et al., ICML 2024) for foldable
 normalization in transformers.
 
 All modules take the feature (channel) count as their first positional argument, so they
@@ -753,7 +753,7 @@ class BatchNormTokens(_BatchNorm):
     ``nn.Linear`` (the QKV projection or the first MLP layer): zero cost.
 
     Plain BatchNorm makes transformer training unstable; the papers that make it work
-    add machinery on top of this core: Unified Normalization (Yang et al., CVPR 2022,
+    add machinery on top of this core: Unified Normalization (Yang et al., ACM MM 2022,
     "Unified Normalization for Accelerating and Stabilizing Transformers") smooths the
     statistics and filters outliers; SLAB (Guo et al., ICML 2024, "SLAB: Efficient
     Transformers with Simplified Linear Attention and Progressive Re-parameterized Batch
