@@ -57,9 +57,10 @@ from torch.autograd.function import once_differentiable
 __all__ = [
     # functions on (B, H, T, D) tensors
     "causal_mask", "attention_weights", "scaled_dot_product", "tiled_attention",
-    "linear_attention", "window_partition", "window_merge",
+    "linear_attention", "window_partition", "window_merge", "inline_attention",
+    "linear_attention_weights", "focused_feature_map", "SwinAttention",
     # token mixers (B, T, C) -> (B, T, C)
-    "MultiHeadAttention", "KVCache", "WindowAttention", "AxialAttention",
+    "MultiHeadAttention", "KVCache", "pool_kv_heads", "WindowAttention", "AxialAttention",
     "LinearAttention", "PoolingMixer",
     # channel attention for CNNs (B, C, H, W) -> (B, C, H, W)
     "SqueezeExcite", "ECA", "eca_kernel_size",
@@ -486,6 +487,11 @@ class KVCache:
         """Forget every token (the buffers are kept and overwritten)."""
         self.length = 0
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the two preallocated buffers: ``2 * B * Hkv * max_len * D * itemsize``."""
+        return self.k.nelement() * self.k.element_size() + self.v.nelement() * self.v.element_size()
+
     def __repr__(self) -> str:
         B, Hkv, L, D = self.k.shape
         return (f"KVCache(batch={B}, kv_heads={Hkv}, head_dim={D}, "
@@ -574,6 +580,44 @@ class MultiHeadAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, heads={self.heads}, kv_heads={self.kv_heads}, "
                 f"causal={self.causal}, dropout={self.dropout}")
+
+
+@torch.no_grad()
+def pool_kv_heads(attn: MultiHeadAttention, kv_heads: int) -> MultiHeadAttention:
+    """A copy of ``attn`` with ``kv_heads`` key/value heads, each the mean of a group.
+
+    The GQA paper's conversion of a trained multi-head checkpoint (Ainslie et al., 2023):
+    new key head ``j`` gets the mean of the projection weights and biases of old key heads
+    ``j G' .. (j + 1) G' - 1``, ``G' = attn.kv_heads // kv_heads`` (likewise values);
+    queries and the output projection are copied. The query heads that used those old
+    key heads are exactly the ones that share the new head (query head ``h`` reads key
+    head ``h // (heads // kv_heads)``). ``kv_heads=1`` gives multi-query attention. The
+    converted model is worse until it is trained a little more ("uptraining").
+    """
+    if not isinstance(attn, MultiHeadAttention):
+        raise TypeError(f"pool_kv_heads needs a MultiHeadAttention, got {type(attn).__name__}")
+    if not isinstance(kv_heads, int) or kv_heads < 1 or attn.kv_heads % kv_heads:
+        raise ValueError(f"pool_kv_heads: kv_heads={kv_heads!r} must be a positive divisor of "
+                         f"the current kv_heads={attn.kv_heads}")
+    w = attn.qkv.weight
+    new = MultiHeadAttention(attn.dim, attn.heads, causal=attn.causal, dropout=attn.dropout,
+                             kv_heads=kv_heads, qkv_bias=attn.qkv.bias is not None)
+    new = new.to(device=w.device, dtype=w.dtype)
+    d, H, Hkv = attn.head_dim, attn.heads, attn.kv_heads
+    g = Hkv // kv_heads
+
+    def pool(t: Tensor) -> Tensor:              # (H + 2 Hkv) d rows -> (H + 2 kv_heads) d
+        q, k, v = t.split([H * d, Hkv * d, Hkv * d], dim=0)
+        k, v = (x.reshape(kv_heads, g, d, *x.shape[1:]).mean(dim=1).reshape(kv_heads * d, *x.shape[1:])
+                for x in (k, v))
+        return torch.cat([q, k, v], dim=0)
+
+    new.qkv.weight.copy_(pool(w))
+    if attn.qkv.bias is not None:
+        new.qkv.bias.copy_(pool(attn.qkv.bias))
+    new.proj.load_state_dict(attn.proj.state_dict())
+    new.train(attn.training)
+    return new
 
 
 # ---------------------------------------------------------------------------------------
@@ -820,6 +864,45 @@ class WindowAttention(nn.Module):
                 f"shift={self.shift}, grid={self.grid}, causal={self.causal}")
 
 
+class SwinAttention:
+    """A factory of :class:`WindowAttention` layers with Swin's alternating shifts.
+
+    Swin alternates regular windows (``shift=0``) and shifted windows (``shift=w // 2``)
+    in consecutive blocks. Models build one attention layer per block by calling their
+    ``attn`` factory in block order, so this factory hands out ``shift=0`` on its 1st,
+    3rd, 5th ... call and ``shift=w // 2`` on the others::
+
+        vit = ml.models.ViT(depth=4, attn=SwinAttention(window_size=4, grid=(8, 8)))
+
+    The count restarts at 0 when :meth:`reset` is called; a model of even depth built
+    twice gets the same layout each time.
+
+    Args:
+        window_size: ``w`` (or ``(wh, ww)``); the shift is ``w // 2`` per axis.
+        **kwargs: passed on to :class:`WindowAttention` (``grid``, ``rel_pos_bias`` ...).
+    """
+
+    def __init__(self, window_size: int | Sequence[int] = 4, **kwargs):
+        if "shift" in kwargs:
+            raise ValueError("SwinAttention chooses the shift itself (0, then w // 2); "
+                             "use WindowAttention for a fixed shift")
+        self.window_size, self.kwargs, self.calls = window_size, kwargs, 0
+
+    def reset(self) -> None:
+        """Start again with an unshifted layer."""
+        self.calls = 0
+
+    def __call__(self, dim: int, heads: int, **kwargs) -> WindowAttention:
+        wh, ww = _pair(self.window_size, "window_size", "SwinAttention")
+        shift = (0, 0) if self.calls % 2 == 0 else (wh // 2, ww // 2)
+        self.calls += 1
+        return WindowAttention(dim, heads, window_size=(wh, ww), shift=shift,
+                               **(self.kwargs | kwargs))
+
+    def __repr__(self) -> str:
+        return f"SwinAttention(window_size={self.window_size}, {self.kwargs})"
+
+
 class AxialAttention(nn.Module):
     """Axial attention: attention along each row, then along each column (Ho et al., 2019).
 
@@ -911,9 +994,89 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, eps:
     return torch.cat(outs, dim=2).to(v_in.dtype)
 
 
+def inline_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+    """InLine attention (Han et al., "Bridging the Divide", NeurIPS 2024): injective linear attention.
+
+    Plain linear attention divides by ``phi(q_i) . sum_j phi(k_j)``, so ``q`` and ``2 q``
+    give the same weights: the map from queries to attention rows is not injective.
+    InLine normalizes by *subtraction* instead, with ``s = scale`` (default ``1/sqrt(D)``)::
+
+        w_ij = 1/N + s (q_i . k_j - q_i . kbar) / N,      kbar = mean_j k_j
+
+    Every row still sums to 1, but the weights change with the length of ``q_i`` (and
+    may be negative, so ``q, k`` need no non-negative feature map). In O(N) form::
+
+        o_i = (s/N) q_i^T (K^T V) + (1 - s q_i . kbar) vbar,   vbar = mean_j v_j
+
+    Args:
+        q, k: ``(B, H, N, D)`` (feature-mapped or raw); v: ``(B, H, N, Dv)``.
+        scale: ``s``; default ``1 / sqrt(D)``.
+
+    Returns:
+        ``(B, H, N, Dv)``. Non-causal only.
+    """
+    _check_qkv(q, k, v, "inline_attention", gqa=False)
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"inline_attention: q and k must have the same length, got "
+                         f"{q.shape[2]} and {k.shape[2]}")
+    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    acc_t = _acc_dtype(q.dtype)
+    q, k, v_in = q.to(acc_t), k.to(acc_t), v
+    v = v.to(acc_t)
+    n = k.shape[2]
+    kv = k.transpose(-2, -1) @ v                             # (B, H, D, Dv)
+    kbar, vbar = k.mean(dim=2, keepdim=True), v.mean(dim=2, keepdim=True)
+    out = (q @ kv) * (s / n) + (1.0 - s * (q @ kbar.transpose(-2, -1))) * vbar
+    return out.to(v_in.dtype)
+
+
+def linear_attention_weights(q: Tensor, k: Tensor, causal: bool = False, eps: float = 1e-6,
+                             normalize: str = "divide", scale: float | None = None) -> Tensor:
+    """The ``(B, H, T, T)`` attention matrix that linear attention applies implicitly.
+
+    ``normalize="divide"``: ``A_ij = phi(q_i) . phi(k_j) / (sum_j' phi(q_i) . phi(k_j') + eps)``
+    (pass feature-mapped ``q, k``), so that ``A @ v`` equals :func:`linear_attention`.
+    ``normalize="inline"``: the weights of :func:`inline_attention`. For analysis (rank,
+    entropy, plots) of short sequences only: it costs the O(T^2) the method avoids.
+    """
+    _check_qkv(q, k, k, "linear_attention_weights", gqa=False)
+    acc_t = _acc_dtype(q.dtype)
+    qa, ka = q.to(acc_t), k.to(acc_t)
+    if normalize == "inline":
+        if causal:
+            raise ValueError("linear_attention_weights: normalize='inline' is non-causal only")
+        s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        n = k.shape[2]
+        a = qa @ ka.transpose(-2, -1)
+        w = 1.0 / n + s * (a - a.mean(dim=-1, keepdim=True)) / n
+        return w.to(q.dtype)
+    if normalize != "divide":
+        raise ValueError(f"linear_attention_weights: normalize must be 'divide' or 'inline', "
+                         f"got {normalize!r}")
+    a = qa @ ka.transpose(-2, -1)
+    if causal:
+        a = a.tril()
+    return (a / (a.sum(dim=-1, keepdim=True) + eps)).to(q.dtype)
+
+
+def focused_feature_map(x: Tensor, power: float = 3.0, eps: float = 1e-6) -> Tensor:
+    """The "focused" feature map of FLatten Transformer (Han et al., ICCV 2023).
+
+    ``f(x) = ||r|| * r^p / ||r^p||`` with ``r = relu(x)``: the same norm as ``relu(x)`` but
+    a direction pushed towards its largest coordinates, so that ``f(q) . f(k)`` is larger
+    for similar pairs and smaller for dissimilar ones: sharper ("focused") attention rows,
+    which plain ``elu + 1`` features cannot produce.
+    """
+    r = F.relu(x) + eps
+    rp = r ** power
+    return rp * (r.norm(dim=-1, keepdim=True) / rp.norm(dim=-1, keepdim=True))
+
+
 _FEATURE_MAPS: dict[str, Callable[[Tensor], Tensor]] = {
     "elu": lambda x: F.elu(x) + 1.0,                         # Katharopoulos et al.: > 0
-    "relu": F.relu,                                          # >= 0 (eps guards 0 / 0)
+    "relu": F.relu,                                          # >= 0 (eps guards 0 / 0); SLAB
+    "focused": focused_feature_map,                          # FLatten: relu, sharpened
+    "identity": lambda x: x,                                 # InLine only (may be negative)
 }
 
 
@@ -924,44 +1087,110 @@ class LinearAttention(nn.Module):
     :func:`linear_attention` on ``phi(q), phi(k), v``. No attention matrix exists, so
     ``dropout`` applies to the output only.
 
+    Two fixes of plain linear attention are options (see chapter 3.3):
+
+    * ``normalize="inline"``: InLine attention (Han et al., "Bridging the Divide", 2024),
+      :func:`inline_attention`: subtraction instead of division makes the attention rows
+      an injective function of the query; use it with ``feature_map="identity"``.
+    * ``local_kernel=k``: a depthwise ``k x k`` convolution of ``V`` on the token grid,
+      added to the output before ``proj``: ``y = LinAttn(q, k, v) + DWConv(v)``. The
+      implied attention matrix has rank at most the head dim; the convolution adds a
+      full-rank local term and the locality linear attention lacks (FLatten, InLine; SLAB's
+      "simplified linear attention" is ``feature_map="relu", local_kernel=3``; Guo et al.,
+      ICML 2024). Class tokens get no convolution term. InLine predicts its 3 x 3 kernel
+      from the input; here it is a plain learned kernel, as in SLAB.
+
     Args:
         dim, heads, causal, dropout: as :class:`MultiHeadAttention`.
-        feature_map: ``"elu"`` (``elu(x) + 1``, the paper's), ``"relu"``, or a callable
-            returning non-negative features of the same shape.
+        feature_map: ``"elu"`` (``elu(x) + 1``, the paper's), ``"relu"``, ``"focused"``
+            (:func:`focused_feature_map`), ``"identity"`` (only with ``"inline"``), or a
+            callable returning features of the same shape.
         eps, chunk_size: as :func:`linear_attention`.
+        normalize: ``"divide"`` (the paper's) or ``"inline"`` (non-causal only).
+        local_kernel: odd kernel size of the depthwise convolution on ``V``, or ``None``.
+        grid, cls_tokens: the token layout for ``local_kernel``, as :class:`WindowAttention`.
     """
 
     def __init__(self, dim: int, heads: int, *, causal: bool = False, dropout: float = 0.0,
                  feature_map: str | Callable[[Tensor], Tensor] = "elu", eps: float = 1e-6,
-                 chunk_size: int = 64, qkv_bias: bool = True):
+                 chunk_size: int = 64, qkv_bias: bool = True, normalize: str = "divide",
+                 local_kernel: int | None = None, grid: int | Sequence[int] | None = None,
+                 cls_tokens: int | None = None):
         super().__init__()
-        self.head_dim = _check_heads(dim, heads, "LinearAttention")
+        who = "LinearAttention"
+        self.head_dim = _check_heads(dim, heads, who)
         if callable(feature_map):
             self.phi = feature_map
         elif feature_map in _FEATURE_MAPS:
             self.phi = _FEATURE_MAPS[feature_map]
         else:
-            raise ValueError(f"LinearAttention: feature_map must be one of "
+            raise ValueError(f"{who}: feature_map must be one of "
                              f"{sorted(_FEATURE_MAPS)} or a callable, got {feature_map!r}")
+        if normalize not in ("divide", "inline"):
+            raise ValueError(f"{who}: normalize must be 'divide' or 'inline', got {normalize!r}")
+        if normalize == "inline" and causal:
+            raise ValueError(f"{who}: normalize='inline' subtracts the mean over all keys, "
+                             f"so it has no causal version here; use normalize='divide'")
+        if feature_map == "identity" and normalize == "divide":
+            raise ValueError(f"{who}: feature_map='identity' can make the normalizer "
+                             f"phi(q) . sum phi(k) zero or negative; use it with "
+                             f"normalize='inline', or pick 'elu', 'relu', 'focused'")
+        if local_kernel is not None:
+            if not isinstance(local_kernel, int) or local_kernel < 1 or local_kernel % 2 == 0:
+                raise ValueError(f"{who}: local_kernel must be a positive odd int or None, "
+                                 f"got {local_kernel!r}")
+            if causal:
+                raise ValueError(f"{who}: the local convolution looks in every direction, so "
+                                 f"local_kernel needs causal=False")
         self.feature_map = feature_map if isinstance(feature_map, str) else "custom"
         self.dim, self.heads, self.causal = dim, heads, causal
-        self.eps, self.chunk_size = eps, chunk_size
+        self.eps, self.chunk_size, self.normalize = eps, chunk_size, normalize
+        self.grid = None if grid is None else _pair(grid, "grid", who)
+        self.cls_tokens = cls_tokens
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.out_drop = nn.Dropout(dropout)
+        self.local_kernel = local_kernel
+        self.local = (None if local_kernel is None else
+                      nn.Conv2d(dim, dim, local_kernel, padding=local_kernel // 2, groups=dim))
+
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``phi(q), phi(k), v``, each ``(B, heads, T, head_dim)``."""
+        _check_tokens(x, self.dim, "LinearAttention")
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return self.phi(q), self.phi(k), v
+
+    def weights(self, x: Tensor) -> Tensor:
+        """The implied ``(B, heads, T, T)`` attention matrix of the global part (no conv).
+
+        For analysis of short sequences: see :func:`linear_attention_weights`.
+        """
+        fq, fk, _ = self._qkv(x)
+        return linear_attention_weights(fq, fk, causal=self.causal, eps=self.eps,
+                                        normalize=self.normalize)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T, C) -> (B, T, C)``."""
-        _check_tokens(x, self.dim, "LinearAttention")
+        fq, fk, v = self._qkv(x)
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = linear_attention(self.phi(q), self.phi(k), v, causal=self.causal, eps=self.eps,
-                             chunk_size=self.chunk_size)
-        return self.out_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+        if self.normalize == "inline":
+            y = inline_attention(fq, fk, v)
+        else:
+            y = linear_attention(fq, fk, v, causal=self.causal, eps=self.eps,
+                                 chunk_size=self.chunk_size)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        if self.local is not None:
+            Hg, Wg, n_cls = _grid_layout(T, self.grid, self.cls_tokens, "LinearAttention")
+            vg = v.transpose(1, 2).reshape(B, T, C)[:, n_cls:]          # heads merged
+            conv = self.local(vg.transpose(1, 2).reshape(B, C, Hg, Wg)).flatten(2).transpose(1, 2)
+            y = torch.cat([y[:, :n_cls], y[:, n_cls:] + conv], dim=1)
+        return self.out_drop(self.proj(y))
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, heads={self.heads}, causal={self.causal}, "
-                f"feature_map={self.feature_map!r}")
+                f"feature_map={self.feature_map!r}, normalize={self.normalize!r}, "
+                f"local_kernel={self.local_kernel}")
 
 
 # ---------------------------------------------------------------------------------------

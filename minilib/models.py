@@ -26,7 +26,7 @@ Sections, one per model: the transformer parts (:class:`Attention`, :class:`Feed
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -140,16 +140,25 @@ class Block(nn.Module):
             self.norm1_out = norm(dim)  # on the attention branch's output
             self.norm2_out = norm(dim)  # on the MLP branch's output
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: ``(B, T, C)`` -> ``(B, T, C)``."""
+    def forward(self, x: Tensor, kv_cache: Any = None) -> Tensor:
+        """``x``: ``(B, T, C)`` -> ``(B, T, C)``.
+
+        ``kv_cache``: for decoding (chapter 3), passed on as ``attn(h, kv_cache=kv_cache)``;
+        then ``x`` holds the new tokens only. The attention must accept it
+        (``ml.attention.MultiHeadAttention`` does). Without it the attention is called as
+        ``attn(h)``, so any ``attn`` factory works.
+        """
+        def attn(h: Tensor) -> Tensor:
+            return self.attn(h) if kv_cache is None else self.attn(h, kv_cache=kv_cache)
+
         if self.placement == "pre":
-            x = x + self.attn(self.norm1(x))
+            x = x + attn(self.norm1(x))
             x = x + self.mlp(self.norm2(x))
         elif self.placement == "post":
-            x = self.norm1(x + self.attn(x))
+            x = self.norm1(x + attn(x))
             x = self.norm2(x + self.mlp(x))
         else:  # peri
-            x = x + self.norm1_out(self.attn(self.norm1(x)))
+            x = x + self.norm1_out(attn(self.norm1(x)))
             x = x + self.norm2_out(self.mlp(self.norm2(x)))
         return x
 
@@ -339,42 +348,120 @@ class CharGPT(nn.Module):
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
 
-    def forward(self, idx: Tensor) -> Tensor:
+    def forward(self, idx: Tensor, kv_caches: Sequence[Any] | None = None) -> Tensor:
         """``idx``: token ids ``(B, T)`` with ``T <= block_size`` -> logits ``(B, T, vocab_size)``.
 
         Logit ``[b, t]`` predicts token ``t + 1`` from tokens ``0..t``.
+
+        ``kv_caches``: one cache per block (from :meth:`make_caches`) for decoding. Then
+        ``idx`` holds only the *new* tokens, which sit at positions ``L .. L + T - 1``
+        after the ``L`` tokens already cached (their position embeddings start at ``L``);
+        their keys and values are appended to the caches. ``L + T <= block_size``.
         """
         B, T = idx.shape
-        if T > self.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size={self.block_size}: "
-                             f"the position embedding has {self.block_size} positions; "
-                             f"crop the input to its last {self.block_size} tokens")
-        pos = torch.arange(T, device=idx.device)
+        start = 0
+        if kv_caches is not None:
+            if len(kv_caches) != len(self.blocks):
+                raise ValueError(f"CharGPT: got {len(kv_caches)} KV caches for "
+                                 f"{len(self.blocks)} blocks; use make_caches()")
+            start = kv_caches[0].length
+        if start + T > self.block_size:
+            if kv_caches is None:
+                raise ValueError(f"sequence length {T} exceeds block_size={self.block_size}: "
+                                 f"the position embedding has {self.block_size} positions; "
+                                 f"crop the input to its last {self.block_size} tokens")
+            raise ValueError(f"CharGPT: {start} cached + {T} new tokens exceed "
+                             f"block_size={self.block_size} (the positions the model knows); "
+                             f"reset the caches and refill them with the last tokens")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.dropout(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
-        x = self.norm(self.blocks(x))
-        return self.head(x)                                      # (B, T, V)
+        if kv_caches is None:
+            x = self.blocks(x)
+        else:
+            for block, cache in zip(self.blocks, kv_caches):
+                x = block(x, kv_cache=cache)
+        return self.head(self.norm(x))                           # (B, T, V)
+
+    def make_caches(self, batch: int, max_len: int | None = None) -> list[Any]:
+        """Empty KV caches, one per block, for ``batch`` sequences of up to ``max_len``
+        (default ``block_size``) tokens.
+
+        Needs attention modules with a ``make_cache`` method, i.e.
+        ``ml.attention.MultiHeadAttention``. A model built with the default
+        :class:`Attention` has the same parameter names, so its weights load into
+        ``CharGPT(..., attn=ml.attention.MultiHeadAttention)`` unchanged.
+        """
+        max_len = self.block_size if max_len is None else max_len
+        caches = []
+        for i, block in enumerate(self.blocks):
+            if not hasattr(block.attn, "make_cache"):
+                raise TypeError(
+                    f"CharGPT: a KV cache needs attention modules that can use one; block {i} "
+                    f"has {type(block.attn).__name__}. Build the model with "
+                    f"attn=ml.attention.MultiHeadAttention and load the trained weights into "
+                    f"it: new.load_state_dict(old.state_dict()) (the parameter names match)")
+            caches.append(block.attn.make_cache(batch, max_len))
+        return caches
+
+    @staticmethod
+    def _sample(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:
+        """One token per row of the last logits ``(B, V)``: ``(B, 1)``."""
+        logits = logits / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = F.softmax(logits.float(), dim=-1)
+        return torch.multinomial(probs, num_samples=1)
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None) -> Tensor:
+                 top_k: int | None = None, kv_cache: bool = False,
+                 keep: int | None = None) -> Tensor:
         """Sample ``max_new_tokens`` tokens after the prompt ``idx`` ``(B, T0)``.
 
-        Returns ``(B, T0 + max_new_tokens)``. Each step feeds the last ``block_size`` tokens,
-        divides the last logits by ``temperature`` (< 1: more conservative), optionally
-        keeps only the ``top_k`` most likely tokens, and samples from the softmax. No KV
-        cache: every step recomputes the whole window (chapter 3 adds the cache). Runs in
-        eval mode (no dropout) and restores the previous mode.
+        Returns ``(B, T0 + max_new_tokens)``. Each step divides the last logits by
+        ``temperature`` (< 1: more conservative), optionally keeps only the ``top_k`` most
+        likely tokens, and samples from the softmax. Runs in eval mode (no dropout) and
+        restores the previous mode.
+
+        ``kv_cache=False``: every step feeds the last ``block_size`` tokens and recomputes
+        the whole window (quadratic work in the length).
+
+        ``kv_cache=True`` (needs ``ml.attention.MultiHeadAttention``, see
+        :meth:`make_caches`): the prompt's last ``block_size`` tokens are fed at once
+        (prefill), then one token per step, reusing the cached keys and values. Position
+        embeddings are absolute, so a full cache cannot slide: every cached key depends on
+        its position. When it is full the caches are refilled from the last ``keep``
+        tokens (default ``block_size``: the same window as without a cache, so the
+        same tokens, at the cost of one full prefill per step from then on; a smaller
+        ``keep`` prefills once every ``block_size - keep + 1`` tokens but conditions on a
+        shorter context right after each refill).
         """
+        if kv_cache:
+            keep = self.block_size if keep is None else keep
+            if not isinstance(keep, int) or not 1 <= keep <= self.block_size:
+                raise ValueError(f"CharGPT.generate: keep must be an int in "
+                                 f"1..block_size={self.block_size}, got {keep!r}")
+            caches = self.make_caches(idx.shape[0])  # fails early without MultiHeadAttention
         was_training = self.training
         self.eval()
         try:
-            for _ in range(max_new_tokens):
-                logits = self(idx[:, -self.block_size:])[:, -1, :] / temperature  # (B, V)
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits.float(), dim=-1)
-                idx = torch.cat([idx, torch.multinomial(probs, num_samples=1)], dim=1)
+            if not kv_cache:
+                for _ in range(max_new_tokens):
+                    logits = self(idx[:, -self.block_size:])[:, -1, :]      # (B, V)
+                    idx = torch.cat([idx, self._sample(logits, temperature, top_k)], dim=1)
+                return idx
+            logits = self(idx[:, -self.block_size:], caches)[:, -1, :]      # prefill
+            for step in range(max_new_tokens):
+                idx = torch.cat([idx, self._sample(logits, temperature, top_k)], dim=1)
+                if step == max_new_tokens - 1:
+                    break
+                if caches[0].length < self.block_size:                      # decode 1 token
+                    logits = self(idx[:, -1:], caches)[:, -1, :]
+                else:                                                       # full: refill
+                    for cache in caches:
+                        cache.reset()
+                    logits = self(idx[:, -keep:], caches)[:, -1, :]
         finally:
             self.train(was_training)
         return idx

@@ -47,6 +47,9 @@ __all__ = [
     "LayerNorm", "RMSNorm", "BatchNorm2d", "GroupNorm", "BatchNormTokens",
     "group_norm_factory",
     "bn_scale_shift", "fold_batchnorm", "fold_norm_into_linear",
+    "FixedLayerNorm", "layer_norm_inv_std", "fix_layer_norms", "PRepBN",
+    "norm_affine", "fold_transformer_norms",
+    "fold_resnet_batchnorms",
 ]
 
 ShapeLike = int | Sequence[int] | torch.Size
@@ -104,6 +107,27 @@ def _check_param(p: torch.Tensor | None, shape: tuple[int, ...], name: str, who:
 #   mu = mean(x),  sigma^2 = mean((x - mu)^2)      over the last dims, per token
 #   y  = (x - mu) / sqrt(sigma^2 + eps) * weight + bias
 # ---------------------------------------------------------------------------------------
+
+def _affine_parameters(module: nn.Module, shape: tuple[int, ...], affine: bool, bias: bool,
+                       factory: dict) -> None:
+    """Register PyTorch's ``weight`` (ones) and ``bias`` (zeros) of ``shape`` on ``module``.
+
+    A parameter that is switched off is registered as ``None``, as PyTorch does, so the
+    state_dicts of the modules here and of PyTorch's load into each other.
+    """
+    weight = nn.Parameter(torch.ones(shape, **factory)) if affine else None
+    module.register_parameter("weight", weight)
+    module.register_parameter(
+        "bias", nn.Parameter(torch.zeros(shape, **factory)) if affine and bias else None)
+
+
+def _reset_affine(module: nn.Module) -> None:
+    """``weight`` back to ones and ``bias`` back to zeros (where they exist)."""
+    if module.weight is not None:
+        nn.init.ones_(module.weight)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
 
 def layer_norm(
     x: torch.Tensor,
@@ -247,21 +271,10 @@ class LayerNorm(nn.Module):
         self.normalized_shape = _as_shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.ones(self.normalized_shape, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.zeros(self.normalized_shape, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, self.normalized_shape, elementwise_affine, bias, factory)
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return layer_norm(x, self.weight, self.bias, self.eps,
@@ -468,15 +481,7 @@ class _BatchNorm(nn.Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, (self.num_features,), affine, bias, factory)
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory))
             self.register_buffer("running_var", torch.ones(num_features, **factory))
@@ -495,10 +500,7 @@ class _BatchNorm(nn.Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        _reset_affine(self)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(N, C, *)``. PyTorch's ``_BatchNorm.forward``, step by step."""
@@ -634,21 +636,10 @@ class GroupNorm(nn.Module):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.zeros(num_channels, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, (num_channels,), affine, bias, factory)
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
@@ -788,37 +779,293 @@ class BatchNormTokens(_BatchNorm):
         return self._normalize(x.reshape(-1, self.num_features)).reshape(x.shape)
 
 
+# ---------------------------------------------------------------------------------------
+# Normalization at inference: fixed-statistics norms, progressive BN, folding a whole
+# transformer's norms (notebook 2.3)
+#
+#   FixedLayerNorm:  y = (x - mean(x)) * c * weight + bias      c fixed (no per-token std)
+#   PRepBN:          y = lam * LN(x) + (1 - lam) * (BN(x) + eta * x),  lam: 1 -> 0
+# ---------------------------------------------------------------------------------------
+
+class FixedLayerNorm(nn.Module):
+    """A LayerNorm whose per-token ``1/std`` is replaced by one fixed number: a linear map.
+
+    ``y = (x - mean(x)) * inv_std * weight + bias`` over the last dim. The centering is a
+    linear map (a projection), the scale a constant, so the whole layer is affine and
+    folds into the next ``nn.Linear`` (:func:`fold_norm_into_linear`). This is how
+    LayerNorm is removed from a trained GPT by fine-tuning (Heimersheim 2024; Baroni et
+    al. 2025): replace each LN by its average behaviour, measured on calibration data
+    (:meth:`from_layer_norm`), and let a short fine-tune absorb the difference.
+
+    ``inv_std`` is a buffer (not trained); ``weight`` and ``bias`` are the LN's parameters.
+    Input ``(*, C)``, output the same shape and dtype.
+    """
+
+    def __init__(self, dim: int, inv_std: float = 1.0, center: bool = True,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.dim, self.center = dim, center
+        self.weight = nn.Parameter(torch.ones(dim, **factory))
+        self.bias = nn.Parameter(torch.zeros(dim, **factory))
+        self.register_buffer("inv_std", torch.tensor(float(inv_std), **factory))
+
+    @classmethod
+    @torch.no_grad()
+    def from_layer_norm(cls, ln: nn.Module, inv_std: float) -> "FixedLayerNorm":
+        """The fixed version of ``ln`` (an ``nn.LayerNorm`` or :class:`LayerNorm` over one
+        dim): same gain and bias, ``1/std`` frozen to ``inv_std``."""
+        shape = tuple(ln.normalized_shape)
+        if len(shape) != 1:
+            raise ValueError(f"FixedLayerNorm replaces a LayerNorm over one dim; got "
+                             f"normalized_shape={list(shape)}")
+        ref = ln.weight if ln.weight is not None else ln.bias
+        fixed = cls(shape[0], inv_std, device=ref.device if ref is not None else None,
+                    dtype=ref.dtype if ref is not None else None)
+        if ln.weight is not None:
+            fixed.weight.copy_(ln.weight)
+        if ln.bias is not None:
+            fixed.bias.copy_(ln.bias)
+        return fixed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"FixedLayerNorm({self.dim}) got {x.shape[-1]} features in the "
+                             f"last dim (input shape {list(x.shape)})")
+        if self.center:
+            x = x - x.mean(-1, keepdim=True)
+        return x * (self.inv_std * self.weight) + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, inv_std={self.inv_std.item():.4g}, center={self.center}"
+
+
+@torch.no_grad()
+def layer_norm_inv_std(model: nn.Module, batches, names: Sequence[str] | None = None,
+                       ) -> dict[str, float]:
+    """The fixed scale of each LayerNorm in ``model``: ``1 / mean(std)`` on ``batches``.
+
+    Runs ``model(x)`` (eval mode, restored afterwards) on every ``x`` of ``batches``
+    (tensors, or ``(x, y)`` pairs) with forward hooks on the LayerNorms named in ``names``
+    (default: every ``nn.LayerNorm`` / :class:`LayerNorm`); for each it averages, over all
+    tokens seen, the token's ``sqrt(var + eps)`` (the denominator LN divides by), and
+    returns ``{name: 1 / that average}``, the number :class:`FixedLayerNorm` multiplies by.
+    """
+    modules = dict(model.named_modules())
+    if names is None:
+        names = [n for n, m in modules.items() if isinstance(m, (nn.LayerNorm, LayerNorm))]
+    sums = {n: 0.0 for n in names}
+    counts = {n: 0 for n in names}
+    hooks = []
+    for n in names:
+        if n not in modules:
+            raise KeyError(f"no module named {n!r} in the model")
+        eps = modules[n].eps
+
+        def hook(mod, inputs, output, n=n, eps=eps):
+            x = _opmath(inputs[0])
+            std = torch.sqrt(x.var(-1, unbiased=False) + eps)
+            sums[n] += std.double().sum().item()
+            counts[n] += std.numel()
+        hooks.append(modules[n].register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        for b in batches:
+            model(b[0] if isinstance(b, (tuple, list)) else b)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if any(c == 0 for c in counts.values()):
+        raise ValueError("some LayerNorms saw no input: is `batches` empty?")
+    return {n: counts[n] / sums[n] for n in names}
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def fix_layer_norms(model: nn.Module, batches, names: Sequence[str]) -> dict[str, float]:
+    """Replace the LayerNorms ``names`` of ``model`` (in place) by :class:`FixedLayerNorm`.
+
+    Each scale is calibrated by :func:`layer_norm_inv_std` on ``batches`` with the model as
+    it is now (earlier replacements included). Returns ``{name: inv_std}``.
+    """
+    scales = layer_norm_inv_std(model, batches, names)
+    for n in names:
+        _set_module(model, n, FixedLayerNorm.from_layer_norm(model.get_submodule(n), scales[n]))
+    return scales
+
+
+class PRepBN(nn.Module):
+    """Progressive re-parameterized BatchNorm (SLAB, Guo et al., ICML 2024).
+
+    ``y = lam * LN(x) + (1 - lam) * RepBN(x)``, with ``RepBN(x) = BN(x) + eta * x``
+    (:class:`BatchNormTokens` plus a learned scalar ``eta``, initialised to 1) and ``lam``
+    going linearly from 1 to 0 over ``steps`` training forward passes (after ``warmup``
+    passes of pure LayerNorm). Training starts as a LayerNorm transformer, which trains
+    well, and ends as a BatchNorm one, which folds away at inference
+    (:func:`fold_norm_into_linear`).
+
+    Each forward pass in training mode counts one step (the layer is called once per
+    optimizer step in ``ml.models``); the count is a buffer, so it survives a state_dict.
+    In eval mode the layer uses the current ``lam`` (SLAB's code uses the BN branch only;
+    the two agree once ``lam`` reached 0, which is when it is meant to be deployed).
+    Input ``(*, C)``. As a ``norm=`` factory: ``functools.partial(PRepBN, steps=N)``.
+    """
+
+    def __init__(self, dim: int, steps: int = 1000, warmup: int = 0, eps: float = 1e-5,
+                 momentum: float | None = 0.1) -> None:
+        super().__init__()
+        if steps < 1 or warmup < 0:
+            raise ValueError(f"PRepBN needs steps >= 1 and warmup >= 0; got {steps}, {warmup}")
+        self.steps, self.warmup = steps, warmup
+        self.ln = nn.LayerNorm(dim, eps=eps)
+        self.bn = BatchNormTokens(dim, eps=eps, momentum=momentum)
+        self.eta = nn.Parameter(torch.ones(1))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    @property
+    def lam(self) -> float:
+        """The LayerNorm's share now: 1 during warm-up, then linear down to 0."""
+        s = int(self.step) - self.warmup
+        return 1.0 if s <= 0 else max(0.0, 1.0 - s / self.steps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = self.lam
+        if self.training:
+            self.step.add_(1)
+        if lam >= 1.0 and self.training:
+            return self.ln(x)         # warm-up: the BN branch (and its statistics) waits
+        rep = self.bn(x) + self.eta * x
+        return rep if lam <= 0.0 else lam * self.ln(x) + (1 - lam) * rep
+
+    def extra_repr(self) -> str:
+        return f"steps={self.steps}, warmup={self.warmup}, lam={self.lam:.3g}"
+
+
+def norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(s, t, center)`` in float64 with ``norm(x) == s * (x - center * mean(x)) + t``.
+
+    For every norm that is a fixed affine map at inference: an eval-mode batch norm
+    (:class:`BatchNormTokens`, ``nn.BatchNorm1d``; ``center=False``), a
+    :class:`FixedLayerNorm` (``center=True``), and a :class:`PRepBN` whose LayerNorm share
+    has reached 0 (its ``BN(x) + eta x``). Raises ``ValueError`` for anything that
+    computes statistics of each input (LayerNorm, RMSNorm, PRepBN with ``lam > 0``).
+    """
+    if isinstance(norm, FixedLayerNorm):
+        s = norm.inv_std.double() * norm.weight.double()
+        return s, norm.bias.double(), norm.center
+    if isinstance(norm, PRepBN):
+        if norm.lam > 0:
+            raise ValueError(f"cannot fold a PRepBN whose LayerNorm share is still "
+                             f"lam={norm.lam:.3g} > 0: it has not finished its schedule")
+        s, t = bn_scale_shift(norm.bn)
+        return s + norm.eta.double(), t, False
+    if hasattr(norm, "running_mean"):
+        s, t = bn_scale_shift(norm)
+        return s, t, False
+    raise ValueError(f"{type(norm).__name__} computes statistics of every input; it is "
+                     f"not a fixed affine map and cannot be folded")
+
+
 @torch.no_grad()
 def fold_norm_into_linear(norm: nn.Module, linear: nn.Linear) -> nn.Linear:
-    """A new ``nn.Linear`` equal to ``linear(norm(x))`` with ``norm`` in eval mode.
+    """A new ``nn.Linear`` equal to ``linear(norm(x))``, for a norm that is a fixed affine map.
 
-    The norm comes *before* the linear: ``W (s * x + t) + b = (W * s) x + (W t + b)``,
-    so the scale multiplies the input columns of ``W``:
+    The norm comes *before* the linear. With ``norm(x) = S C x + t`` (:func:`norm_affine`:
+    ``S = diag(s)``, ``C`` the centering ``I - 11^T/n`` of a :class:`FixedLayerNorm`, or
+    ``I`` for an eval-mode batch norm):
 
-        W' = W * s[None, :]          b' = W @ t + b
+        W (S C x + t) + b = (W S C) x + (W t + b):     W' = W S C,   b' = W t + b
+
+    ``W S`` scales the input columns of ``W``; ``W S C`` then removes each row's mean (``C``
+    is symmetric).
 
     Args:
-        norm: an eval-mode batch norm with running statistics over the linear's inputs
-            (:class:`BatchNormTokens`, ``nn.BatchNorm1d``), C = ``linear.in_features``.
+        norm: an eval-mode batch norm over the linear's inputs (:class:`BatchNormTokens`,
+            ``nn.BatchNorm1d``), a :class:`FixedLayerNorm`, or a finished :class:`PRepBN`;
+            C = ``linear.in_features``.
         linear: ``nn.Linear(C, out)``; a new linear with a bias is returned, the inputs
             are left untouched. Folding is done in float64, cast back to the linear's dtype.
     """
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"fold_norm_into_linear folds into an nn.Linear, got "
                         f"{type(linear).__name__}")
-    s, t = bn_scale_shift(norm)
+    s, t, center = norm_affine(norm)
     if s.shape[0] != linear.in_features:
         raise ValueError(
             f"cannot fold: the norm has {s.shape[0]} features but the linear has "
             f"in_features={linear.in_features}; the norm must feed this linear"
         )
     W = linear.weight
-    fused = nn.Linear(linear.in_features, linear.out_features, bias=True,
-                      device=W.device, dtype=W.dtype)
-    Wd = W.double()
+    Ws = W.double() * s[None, :]                          # W S (per input column)
+    if center:
+        Ws = Ws - Ws.mean(1, keepdim=True)                # W S C
     b = linear.bias.double() if linear.bias is not None else torch.zeros(
         linear.out_features, dtype=torch.float64, device=W.device)
-    fused.weight.copy_((Wd * s[None, :]).to(W.dtype))    # W' = W * s (per input column)
-    fused.bias.copy_((Wd @ t + b).to(W.dtype))           # b' = W t + b
+    fused = nn.Linear(linear.in_features, linear.out_features, bias=True,
+                      device=W.device, dtype=W.dtype)
+    fused.weight.copy_(Ws.to(W.dtype))
+    fused.bias.copy_((W.double() @ t + b).to(W.dtype))   # b' = W t + b
     fused.train(linear.training)
     return fused
+
+
+@torch.no_grad()
+def fold_transformer_norms(model: nn.Module) -> nn.Module:
+    """A copy of a Pre-LN ``ml.models.ViT`` or ``CharGPT`` with every foldable norm folded.
+
+    In each pre-norm block ``norm1`` feeds ``attn.qkv`` and ``norm2`` feeds ``mlp.fc``;
+    the final ``norm`` feeds ``head``. Each of them that :func:`norm_affine` accepts is
+    merged into its linear (:func:`fold_norm_into_linear`) and replaced by
+    ``nn.Identity``. (A CharGPT's head is tied to the token embedding; folding gives it its
+    own weight and a bias.) The model is left untouched; the copy is in eval mode.
+    """
+    import copy
+
+    folded = copy.deepcopy(model).eval()
+    pairs = []
+    for block in getattr(folded, "blocks", []):
+        if getattr(block, "placement", "pre") != "pre":
+            raise ValueError(f"fold_transformer_norms needs Pre-LN blocks (the norm feeds a "
+                             f"linear); got placement={block.placement!r}")
+        pairs += [(block, "norm1", block.attn, "qkv"), (block, "norm2", block.mlp, "fc")]
+    pairs.append((folded, "norm", folded, "head"))
+    for owner, norm_name, lin_owner, lin_name in pairs:
+        norm, lin = getattr(owner, norm_name), getattr(lin_owner, lin_name, None)
+        if not isinstance(lin, nn.Linear):
+            raise TypeError(f"{norm_name} must feed an nn.Linear {lin_name!r}; got "
+                            f"{type(lin).__name__}")
+        try:
+            norm_affine(norm)
+        except ValueError:
+            continue                                 # a per-input norm stays as it is
+        setattr(lin_owner, lin_name, fold_norm_into_linear(norm, lin))
+        setattr(owner, norm_name, nn.Identity())
+    return folded
+
+
+@torch.no_grad()
+def fold_resnet_batchnorms(model: nn.Module) -> nn.Module:
+    """A copy of a CNN with every ``Conv2d`` followed by a batch norm folded into it.
+
+    Walks every ``nn.Sequential`` (``ml.models.ResNet9``'s ``ConvBlock`` is one): each
+    ``Conv2d`` directly followed by an eval-mode ``nn.BatchNorm2d`` / :class:`BatchNorm2d`
+    becomes :func:`fold_batchnorm`'s conv, and the norm an ``nn.Identity``. The model is
+    left untouched; the copy is in eval mode.
+    """
+    import copy
+
+    folded = copy.deepcopy(model).eval()
+    for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, (nn.BatchNorm2d, BatchNorm2d)):
+                seq._modules[a] = fold_batchnorm(conv, bn)
+                seq._modules[b] = nn.Identity()
+    return folded

@@ -24,7 +24,7 @@ from matplotlib.ticker import EngFormatter
 
 __all__ = [
     "PALETTE", "RC", "style", "house_style",
-    "learning_curves", "pareto_front", "pareto", "image_grid", "roofline",
+    "learning_curves", "pareto_front", "pareto", "image_grid", "roofline", "attention_maps",
 ]
 
 # Okabe-Ito colours: distinguishable with the common kinds of colour blindness and in
@@ -387,4 +387,94 @@ def roofline(
         ax.set_ylabel("attainable performance")
         if title:
             ax.set_title(title)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# Attention maps
+# ---------------------------------------------------------------------------
+
+def attention_maps(
+    maps: Any,
+    images: Any | None = None,
+    *,
+    grid: Sequence[int] | None = None,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    cmap: str = "magma",
+    title: str | None = None,
+) -> Figure:
+    """Attention weights over a token grid: one row per image, one column per head.
+
+    Args:
+        maps: ``(N, heads, H, W)``, or ``(N, heads, H * W)`` with ``grid=(H, W)`` (e.g. the
+            class token's attention to the patch tokens, ``P[:, :, 0, 1:]``), or
+            ``(heads, H, W)`` for one image. Each panel has its own colour scale
+            (attention of different heads differs in range); a panel with negative
+            weights (linear attention variants) uses a diverging map centred at 0.
+        images: optional ``(N, C, H', W')`` images shown in a first column (as
+            :func:`image_grid`: uint8 or float in [0, 1], ``mean``/``std`` undo a
+            normalization).
+        row_labels, col_labels: titles for rows (left) and head columns (top).
+    """
+    arr = _to_numpy(maps).astype(np.float32)
+    if arr.ndim == 3 and grid is not None and arr.shape[-1] == int(np.prod(grid)):
+        arr = arr.reshape(arr.shape[0], arr.shape[1], *grid)
+    elif arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim == 2 and grid is not None:     # (N, H*W): one head
+        arr = arr.reshape(arr.shape[0], 1, *grid)
+    if arr.ndim != 4:
+        raise ValueError(
+            f"attention_maps expects maps of shape (N, heads, H, W), (heads, H, W) or "
+            f"(N, heads, H*W) with grid=(H, W); got shape {tuple(_to_numpy(maps).shape)}"
+        )
+    n, heads = arr.shape[:2]
+    if images is not None:
+        img = _to_numpy(images)
+        if img.ndim == 3:
+            img = img[None]
+        if img.ndim != 4 or img.shape[0] != n or img.shape[1] not in (1, 3):
+            raise ValueError(f"images must be (N, C, H, W) with N = {n} and C in {{1, 3}}; "
+                             f"got shape {tuple(img.shape)}")
+        x = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+        if mean is not None or std is not None:
+            c = x.shape[1]
+            m = np.asarray(mean if mean is not None else [0.0] * c, np.float32).reshape(1, -1, 1, 1)
+            s_ = np.asarray(std if std is not None else [1.0] * c, np.float32).reshape(1, -1, 1, 1)
+            x = x * s_ + m
+        x = np.clip(x, 0.0, 1.0).transpose(0, 2, 3, 1)
+    for name, labels, want in (("row_labels", row_labels, n), ("col_labels", col_labels, heads)):
+        if labels is not None and len(labels) != want:
+            raise ValueError(f"{name} has {len(labels)} entries; expected {want}")
+    ncols = heads + (images is not None)
+    with house_style():
+        fig, axes = plt.subplots(n, ncols, figsize=(1.35 * ncols + 0.4, 1.35 * n + (0.35 if title else 0.1)),
+                                 squeeze=False)
+        for i in range(n):
+            col = 0
+            if images is not None:
+                ax = axes[i, 0]
+                ax.imshow(x[i, :, :, 0], cmap="gray") if x.shape[-1] == 1 else ax.imshow(x[i])
+                col = 1
+            for h in range(heads):
+                ax = axes[i, col + h]
+                a = arr[i, h]
+                if a.min() < 0:
+                    lim = float(np.abs(a).max()) or 1.0
+                    ax.imshow(a, cmap="RdBu_r", vmin=-lim, vmax=lim)
+                else:
+                    ax.imshow(a, cmap=cmap, vmin=0.0, vmax=float(a.max()) or 1.0)
+                if i == 0 and col_labels is not None:
+                    ax.set_title(str(col_labels[h]), fontsize=9, pad=2)
+            for ax in axes[i]:
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.grid(False)
+            if row_labels is not None:
+                axes[i, 0].set_ylabel(str(row_labels[i]), fontsize=9)
+        if title:
+            fig.suptitle(title)
     return fig
