@@ -44,7 +44,7 @@ from . import bench, data
 from .env import device as default_device
 from .env import pick
 from .models import MLP, CharGPT, ResNet9, ViT
-from .train import History, fit, one_cycle, train_or_load, warmup_cosine
+from .train import History, adamw, fit, one_cycle, train_or_load, warmup_cosine
 
 __all__ = ["config", "NAMES", "cifar_cnn", "cifar_vit", "fashion_mlp", "char_gpt"]
 
@@ -177,20 +177,6 @@ def _classifier_metrics(example: Tensor) -> Callable[[nn.Module, History], dict[
     return metrics
 
 
-def _adamw(model: nn.Module, lr: float, weight_decay: float,
-           betas: list[float]) -> torch.optim.AdamW:
-    """AdamW that decays matrices only (weights of linear, conv and embedding layers).
-
-    Biases, norm gains and other vectors are left alone, as in nanoGPT and most ViT
-    recipes: decaying a LayerNorm gain towards 0 only fights the normalization.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
-
-
 # ---------------------------------------------------------------------------------------
 # ResNet-9 on CIFAR-10
 # ---------------------------------------------------------------------------------------
@@ -280,7 +266,7 @@ def cifar_vit(*, retrain: bool = False, variant: str | None = None,
         loader = data.DeviceLoader(x, y, cfg["batch_size"], shuffle=True, drop_last=True,
                                    crop_padding=cfg["crop_padding"], flip=cfg["flip"], **norm)
         test = data.DeviceLoader(xt, yt, 1000, shuffle=False, **norm)
-        optimizer = _adamw(model, cfg["lr"], cfg["weight_decay"], cfg["betas"])
+        optimizer = adamw(model, cfg["lr"], cfg["weight_decay"], cfg["betas"])
         total = cfg["epochs"] * len(loader)
         return fit(model, loader, optimizer=optimizer, epochs=cfg["epochs"],
                    schedule=warmup_cosine(total, int(cfg["warmup_fraction"] * total),
@@ -314,7 +300,7 @@ def fashion_mlp(*, retrain: bool = False) -> tuple[nn.Module, dict[str, Any]]:
         norm = dict(mean=data.FASHION_MNIST_MEAN, std=data.FASHION_MNIST_STD, device=dev)
         loader = data.DeviceLoader(x, y, cfg["batch_size"], shuffle=True, drop_last=True, **norm)
         test = data.DeviceLoader(xt, yt, 2000, shuffle=False, **norm)
-        optimizer = _adamw(model, cfg["lr"], cfg["weight_decay"], [0.9, 0.999])
+        optimizer = adamw(model, cfg["lr"], cfg["weight_decay"], (0.9, 0.999))
         total = cfg["epochs"] * len(loader)
         return fit(model, loader, optimizer=optimizer, epochs=cfg["epochs"],
                    schedule=warmup_cosine(total, int(cfg["warmup_fraction"] * total),
@@ -361,7 +347,7 @@ def char_gpt(*, retrain: bool = False, variant: str | None = None,
         val_windows = data.TokenBatches(corpus.val_ids, T, B, steps=cfg["eval_batches"],
                                         device=dev, generator=torch.Generator().manual_seed(1234))
         val = list(val_windows)  # fixed: the same windows at every evaluation
-        optimizer = _adamw(model, cfg["lr"], cfg["weight_decay"], cfg["betas"])
+        optimizer = adamw(model, cfg["lr"], cfg["weight_decay"], cfg["betas"])
         return fit(model, batches, optimizer=optimizer, steps=cfg["steps"],
                    schedule=warmup_cosine(cfg["steps"], cfg["warmup_steps"], final=cfg["final_lr"]),
                    grad_clip=cfg["grad_clip"], eval_loader=val, eval_every=cfg["eval_every"],

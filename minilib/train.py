@@ -30,7 +30,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -42,7 +42,7 @@ from . import data as _data
 from . import env as _env
 
 __all__ = [
-    "History", "evaluate", "fit", "one_cycle", "warmup_cosine",
+    "History", "evaluate", "fit", "adamw", "one_cycle", "warmup_cosine",
     "cache_key", "cache_path", "train_or_load",
 ]
 
@@ -207,6 +207,22 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *,
 # ---------------------------------------------------------------------------------------
 # Learning-rate schedules: step -> multiplier of the initial learning rate
 # ---------------------------------------------------------------------------------------
+
+def adamw(model: nn.Module, lr: float, weight_decay: float,
+          betas: Sequence[float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW that decays matrices only (weights of linear, conv and embedding layers).
+
+    Biases, norm gains and other vectors are left alone, as in nanoGPT and most ViT
+    recipes: decaying a LayerNorm gain towards 0 only fights the normalization. The
+    recipes of :mod:`ml.baselines` and the chapters that retrain their models use it.
+    Fused (one kernel for all parameters) on CUDA.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+
 
 def one_cycle(total_steps: int, warmup: float = 0.25) -> Callable[[int], float]:
     """Linear warm-up from 0 to 1 over the first ``warmup`` fraction, then linear decay to 0.

@@ -312,3 +312,14 @@ def test_fit_progress_bar_respects_tqdm_disable(monkeypatch, capsys):
     monkeypatch.delenv("TQDM_DISABLE")
     train.fit(model, batches, optimizer=opt, epochs=1, progress=True, desc="loud-run")
     assert "loud-run" in capsys.readouterr().err
+
+
+def test_adamw_decays_matrices_only():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    model[1].bias.requires_grad_(False)
+    opt = train.adamw(model, lr=0.1, weight_decay=0.05, betas=(0.9, 0.99))
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert [p.shape for p in decayed["params"]] == [(3, 4)]
+    assert {id(p) for p in plain["params"]} == {id(model[0].bias), id(model[1].weight)}
+    assert decayed["betas"] == (0.9, 0.99) and decayed["lr"] == 0.1

@@ -366,14 +366,6 @@ ml.glue("n22_init_embed_gain", 1 / init["pre"]["rms"][0], ".0f");
 # retrains nothing.
 
 # %%
-def adamw(model, lr, weight_decay=0.1):
-    """AdamW with decay on matrices only, as in chapter 1's recipe."""
-    params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
-
-
 EVAL_BATCHES = ml.pick(smoke=2, cpu=12, gpu=50)
 val_windows = list(ml.data.TokenBatches(corpus.val_ids, T, BATCH, steps=EVAL_BATCHES, device=dev,
                                         generator=torch.Generator().manual_seed(1234)))
@@ -382,7 +374,7 @@ val_windows = list(ml.data.TokenBatches(corpus.val_ids, T, BATCH, steps=EVAL_BAT
 def train_loop(model, cfg):
     """Train `model` with cfg's recipe; log losses and per-block gradient norms; stop on NaN."""
     steps = cfg["steps"]
-    opt = adamw(model, cfg["lr"])
+    opt = ml.train.adamw(model, cfg["lr"], weight_decay=0.1, betas=(0.9, 0.99))
     schedule = ml.train.warmup_cosine(steps, cfg["warmup_steps"], final=0.1)
     batches = ml.data.TokenBatches(corpus.train_ids, T, BATCH, steps=steps, device=dev)
     history = ml.train.History()

@@ -552,11 +552,7 @@ def uptrain(kv_heads):
               "eval_every": up_every, "lr": cfg["lr"] / 2, "seed": 0}
 
     def train(model):
-        params = [p for p in model.parameters()]
-        opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2],
-                                  "weight_decay": cfg["weight_decay"]},
-                                 {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                lr=up_cfg["lr"], betas=tuple(cfg["betas"]))
+        opt = ml.train.adamw(model, up_cfg["lr"], cfg["weight_decay"], cfg["betas"])
         batches = ml.data.TokenBatches(corpus.train_ids, cfg["block_size"], cfg["batch_size"],
                                        steps=up_steps, device=dev)
         return ml.train.fit(model, batches, optimizer=opt, steps=up_steps,
