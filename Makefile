@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 NB     ?=
 export MPLBACKEND ?= Agg
 
-.PHONY: setup book test unit notebooks execute lab clean help
+.PHONY: setup book test unit notebooks execute execute-all dry-run gpu-book student lab clean help
 
 help:
 	@echo "make book      build the book into _build/html (strict: warnings are errors)"
@@ -19,6 +19,10 @@ help:
 	@echo "make notebooks execute every notebook at BOOK_SCALE=smoke (nbval)"
 	@echo "make execute NB=notebooks/01_measuring/01_1_timing.py [BOOK_SCALE=cpu]"
 	@echo "               run one notebook top to bottom and store its outputs in the .ipynb"
+	@echo "make execute-all  re-execute every notebook serially (on an idle machine!) and store them"
+	@echo "make dry-run   every notebook at gpu-scale sizes, a step or two of each loop, on the CPU"
+	@echo "make gpu-book  on a GPU box with torch preinstalled: the whole book at gpu scale, stored"
+	@echo "make student   the student edition (no solution cells) in _student/"
 	@echo "make lab       open the notebooks in JupyterLab"
 
 setup: $(STAMP)
@@ -50,13 +54,29 @@ notebooks: setup
 	BOOK_SCALE=smoke $(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax \
 		--nbval-cell-timeout=900 notebooks
 
+# Executes notebooks serially with tools/run_book.py (nbclient): one fresh kernel per
+# notebook, outputs stored in the paired .ipynb, wall times appended to notebooks/RUNTIMES.md.
+# Store notebooks only from an idle machine: nothing else heavy running meanwhile.
 execute: setup
 	@test -n "$(NB)" || (echo "usage: make execute NB=notebooks/<chapter>/<notebook>.py [BOOK_SCALE=cpu|gpu|smoke]"; exit 2)
-	@# The inline backend, whatever MPLBACKEND says (Agg would store no figures), and no
-	@# progress bars in the stored outputs.
-	TQDM_DISABLE=1 MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/jupytext --to ipynb --execute $(NB)
-	@# Widget state (tqdm.auto, ipywidgets) would bloat the stored notebook: drop it.
-	$(BIN)/python -c "import json,sys; p=sys.argv[1]; nb=json.load(open(p)); nb['metadata'].pop('widgets',None); json.dump(nb,open(p,'w'),indent=1,ensure_ascii=False); open(p,'a').write(chr(10))" $(basename $(NB)).ipynb
+	$(BIN)/python tools/run_book.py $(NB)
+
+execute-all: setup
+	$(BIN)/python tools/run_book.py --all
+
+# gpu-scale sizes on the CPU, each training loop, sweep and benchmark cut to a step or two:
+# shape, device and memory-layout errors at gpu sizes show up before a GPU is rented.
+dry-run: setup
+	BOOK_DRYRUN=1 BOOK_SCALE=gpu $(BIN)/python tools/run_book.py --all --no-store --table ""
+
+# On a GPU machine with PyTorch (CUDA) preinstalled and no network: no venv, the system
+# Python's torch, jupytext/nbclient/ipykernel installed there (see book/how_to_run.md).
+GPU_PYTHON ?= python3
+gpu-book:
+	BOOK_SCALE=gpu PYTHONPATH=$(CURDIR):$$PYTHONPATH $(GPU_PYTHON) tools/run_book.py --all
+
+student: setup
+	$(BIN)/python tools/student_edition.py
 
 lab: setup
 	$(BIN)/python -m pip install -q "jupyterlab>=4"
