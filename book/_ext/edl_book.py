@@ -1,0 +1,226 @@
+"""Sphinx extension of the book (loaded through `sphinx.local_extensions` in _config.yml).
+
+Two jobs, both about the book as a reader meets it:
+
+1. Offline reading. MathJax 3 is served from the built book (`_static/mathjax/`, copied
+   from the pinned `sphinx-mathjax-offline` package) instead of a CDN, so math renders
+   from a `file://` copy without network. The sphinx-thebe loader, which points at a CDN
+   and is only used by a "live code" button this book does not show, is dropped.
+2. One author-year citation style. `{cite}` in the text and the label in the
+   bibliography are the same string, e.g. "Vaswani et al., 2017", with "a", "b", ...
+   appended when two entries would read the same ("Dong et al., 2016a"). The list is
+   sorted by author, year, title.
+"""
+
+from __future__ import annotations
+
+import shutil
+import string
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from types import SimpleNamespace
+
+import pybtex.plugin
+from pybtex.richtext import Text
+from pybtex.style.formatting.unsrt import Style as UnsrtStyle
+from pybtex.style.labels import BaseLabelStyle
+from pybtex.style.sorting.author_year_title import SortingStyle as AuthorYearTitleSortingStyle
+from pybtex.style.template import node
+from sphinxcontrib.bibtex.plugin import register_plugin
+from sphinxcontrib.bibtex.style.referencing import PersonStyle
+from sphinxcontrib.bibtex.style.referencing.author_year import AuthorYearReferenceStyle
+from sphinxcontrib.bibtex.style.referencing.basic_author_year import (
+    BasicAuthorYearParentheticalReferenceStyle,
+    BasicAuthorYearTextualReferenceStyle,
+)
+from sphinxcontrib.bibtex.style.template import join, join2, post_text, pre_text, reference
+
+# --------------------------------------------------------------------------------------
+# 1. MathJax from the built book
+# --------------------------------------------------------------------------------------
+
+MATHJAX_ENTRY = "mathjax/tex-chtml.js"  # relative to _static
+# Combined builds we never load (tex-chtml.js is the entry point); skipping them keeps
+# the copy at about 7 MB instead of 24 MB. Everything tex-chtml.js may load lazily
+# (input/tex/extensions, output/chtml fonts, ui/menu, a11y, sre) is copied.
+_SKIP = {
+    "tex-mml-chtml.js", "tex-chtml-full.js", "tex-chtml-full-speech.js", "tex-svg.js",
+    "tex-svg-full.js", "tex-mml-svg.js", "mml-chtml.js", "mml-svg.js", "node-main.js",
+}
+
+
+def mathjax_source() -> Path:
+    """The MathJax 3 tree shipped by the sphinx-mathjax-offline wheel."""
+    dist = metadata.distribution("sphinx-mathjax-offline")
+    root = Path(dist.locate_file("sphinx-mathjax-offline/static/mathjax"))
+    if not (root / "tex-chtml.js").exists():
+        raise FileNotFoundError(
+            f"MathJax not found at {root}: install the pinned sphinx-mathjax-offline "
+            "(pip install -c constraints.txt -e '.[book]')"
+        )
+    return root
+
+
+def _copy_mathjax(app, exc) -> None:
+    if exc is not None or app.builder.format != "html":
+        return
+    src, dst = mathjax_source(), Path(app.outdir) / "_static" / "mathjax"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(
+        src, dst,
+        ignore=lambda d, names: [n for n in names if Path(d) == src and n in _SKIP]
+                                + [n for n in names if Path(d) == src / "output" and n.startswith("svg")],
+    )
+
+
+def _set_mathjax_path(app, config) -> None:
+    config.mathjax_path = MATHJAX_ENTRY
+    config.html_static_path = [*config.html_static_path, str(Path(__file__).parent / "static")]
+
+
+def _drop_cdn_scripts(app, pagename, templatename, context, doctree) -> None:
+    """Remove the sphinx-thebe loader (a CDN address, unused without a thebe button)."""
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+
+    def keep(js) -> bool:
+        name = str(js)
+        body = getattr(js, "attributes", {}).get("body", "")
+        return "sphinx-thebe.js" not in name and "THEBE_JS_URL" not in body
+
+    context["script_files"] = [js for js in scripts if keep(js)]
+
+
+# --------------------------------------------------------------------------------------
+# 2. Author-year labels, the same in the text and in the list
+# --------------------------------------------------------------------------------------
+
+# The names part of a label, formatted exactly as sphinxcontrib-bibtex formats in-text
+# author-year citations (last names; "A and B" for two; "A et al." for three or more;
+# the title when there is no author or editor).
+_PERSON = PersonStyle(other=Text(" et al."))
+_NAMES = _PERSON.author_or_editor_or_title(full=False)
+
+
+def author_year_label(entry) -> str:
+    names = _NAMES.format_data({"entry": entry, "style": SimpleNamespace(person=_PERSON)})
+    return f"{names.render_as('text')}, {entry.fields.get('year', 'n.d.')}"
+
+
+class AuthorYearLabelStyle(BaseLabelStyle):
+    """Labels "Vaswani et al., 2017"; equal labels get a, b, c ... in sorted order."""
+
+    def format_labels(self, sorted_entries):
+        entries = list(sorted_entries)
+        labels = [author_year_label(e) for e in entries]
+        total, seen = Counter(labels), Counter()
+        for label in labels:
+            if total[label] == 1:
+                yield label
+            else:
+                yield label + string.ascii_lowercase[seen[label]]
+                seen[label] += 1
+
+
+class AuthorYearSortingStyle(AuthorYearTitleSortingStyle):
+    """Sorted as the labels read (so "Liu et al., 2020a" sits beside "2020b"), then by
+    the full author list and the title."""
+
+    def sorting_key(self, entry):
+        names = author_year_label(entry).rsplit(", ", 1)[0]
+        plain = "".join(c for c in unicodedata.normalize("NFKD", names)
+                        if not unicodedata.combining(c)).casefold()
+        return (plain, entry.fields.get("year", ""), *super().sorting_key(entry))
+
+
+class AuthorYearStyle(UnsrtStyle):
+    """pybtex's unsrt entry format with author-year labels, sorted as the labels read."""
+
+    default_label_style = "edl_author_year"
+    default_sorting_style = "edl_author_year"
+
+
+@node
+def label_year(children, data):
+    """The year part of the entry's label, with its a/b suffix ("2016a")."""
+    assert not children
+    return Text(data["formatted_entry"].label.rsplit(", ", 1)[-1])
+
+
+@node
+def label_text(children, data):
+    """The entry's label, e.g. "Dong et al., 2016a"."""
+    assert not children
+    return Text(data["formatted_entry"].label)
+
+
+@dataclass
+class _Parenthetical(BasicAuthorYearParentheticalReferenceStyle):
+    def inner(self, role_name: str):
+        if "s" in role_name:  # :cite:ps: (all authors): keep the default
+            return super().inner(role_name)
+        return join2(sep1=self.pre_text_sep, sep2=self.post_text_sep)[
+            pre_text, reference[label_text], post_text
+        ]
+
+
+@dataclass
+class _Textual(BasicAuthorYearTextualReferenceStyle):
+    def inner(self, role_name: str):
+        return join(sep=self.text_reference_sep)[
+            self.person.author_or_editor_or_title(full="s" in role_name),
+            join[
+                self.bracket.left,
+                join2(sep1=self.pre_text_sep, sep2=self.post_text_sep)[
+                    pre_text, reference[label_year], post_text
+                ],
+                self.bracket.right,
+            ],
+        ]
+
+
+@dataclass
+class LabelAuthorYearReferenceStyle(AuthorYearReferenceStyle):
+    """sphinxcontrib-bibtex's author_year style, with years taken from the labels.
+
+    `{cite}` renders "[Dong et al., 2016a]" and `{cite:t}` "Dong et al. [2016a]", so
+    the text always matches the bibliography's label, suffix included.
+    """
+
+    def __post_init__(self):
+        super().__post_init__()
+        kw = dict(person=self.person, pre_text_sep=self.pre_text_sep,
+                  post_text_sep=self.post_text_sep)
+        self.styles[0] = _Parenthetical(bracket=self.bracket_parenthetical,
+                                        author_year_sep=self.author_year_sep, **kw)
+        self.styles[1] = _Textual(bracket=self.bracket_textual,
+                                  text_reference_sep=self.text_reference_sep, **kw)
+        self.role_style.update(
+            (role, style) for style in self.styles[:2] for role in style.role_names()
+        )
+
+
+def _register_bib_plugins() -> None:
+    pybtex.plugin.register_plugin("pybtex.style.labels", "edl_author_year", AuthorYearLabelStyle)
+    pybtex.plugin.register_plugin("pybtex.style.sorting", "edl_author_year", AuthorYearSortingStyle)
+    pybtex.plugin.register_plugin("pybtex.style.formatting", "edl_author_year", AuthorYearStyle)
+    register_plugin("sphinxcontrib.bibtex.style.referencing", "edl_author_year",
+                    LabelAuthorYearReferenceStyle, force=True)
+
+
+_register_bib_plugins()  # on import, so the styles also work outside a Sphinx build
+
+
+def setup(app):
+    app.connect("config-inited", _set_mathjax_path)
+    app.connect("html-page-context", _drop_cdn_scripts)
+    app.connect("build-finished", _copy_mathjax)
+    app.add_css_file("edl_book.css")
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
+
+
