@@ -21,11 +21,11 @@ checks it against PyTorch, and then adds it here; later chapters use it from her
 from . import env, data, bench, plot, models, train, baselines  # noqa: F401
 from . import norm, attention, quant, sr  # noqa: F401
 from .display import glue, show
-from .env import describe, device, pick, scale, seed_all
+from .env import describe, device, pick, scale, seed_all, trim
 
 __version__ = "0.1.0"
 __all__ = [
     "env", "data", "bench", "plot", "models", "train", "baselines",
     "norm", "attention", "quant", "sr",
-    "show", "glue", "describe", "device", "pick", "scale", "seed_all",
+    "show", "glue", "describe", "device", "pick", "scale", "seed_all", "trim",
 ]

@@ -58,7 +58,7 @@ __all__ = [
     # functions on (B, H, T, D) tensors
     "causal_mask", "attention_weights", "scaled_dot_product", "tiled_attention",
     "linear_attention", "window_partition", "window_merge", "inline_attention",
-    "linear_attention_weights", "focused_feature_map", "SwinAttention",
+    "linear_attention_weights", "focused_feature_map", "SwinAttention", "window_dense_mask",
     # token mixers (B, T, C) -> (B, T, C)
     "MultiHeadAttention", "KVCache", "pool_kv_heads", "WindowAttention", "AxialAttention",
     "LinearAttention", "PoolingMixer",
@@ -600,9 +600,10 @@ def pool_kv_heads(attn: MultiHeadAttention, kv_heads: int) -> MultiHeadAttention
         raise ValueError(f"pool_kv_heads: kv_heads={kv_heads!r} must be a positive divisor of "
                          f"the current kv_heads={attn.kv_heads}")
     w = attn.qkv.weight
-    new = MultiHeadAttention(attn.dim, attn.heads, causal=attn.causal, dropout=attn.dropout,
-                             kv_heads=kv_heads, qkv_bias=attn.qkv.bias is not None)
-    new = new.to(device=w.device, dtype=w.dtype)
+    with torch.device(w.device):                # built where attn lives: nothing to copy over
+        new = MultiHeadAttention(attn.dim, attn.heads, causal=attn.causal, dropout=attn.dropout,
+                                 kv_heads=kv_heads, qkv_bias=attn.qkv.bias is not None)
+    new = new.to(dtype=w.dtype)
     d, H, Hkv = attn.head_dim, attn.heads, attn.kv_heads
     g = Hkv // kv_heads
 
@@ -901,6 +902,51 @@ class SwinAttention:
 
     def __repr__(self) -> str:
         return f"SwinAttention(window_size={self.window_size}, {self.kwargs})"
+
+
+def window_dense_mask(m: WindowAttention, T: int) -> Tensor:
+    """The ``(heads, T, T)`` additive mask of window attention ``m`` as one dense matrix.
+
+    The reference for :class:`WindowAttention` (and each step of :class:`AxialAttention`):
+    full attention over all ``T`` tokens with ``m``'s projections and this mask equals
+    ``m(x)``. Built independently of :meth:`WindowAttention.window_mask`, with the
+    official Swin rule: grid token ``i`` sees grid token ``j`` iff, after
+    ``torch.roll(-shift)``, both sit in the same window *and* the same region (each axis
+    cut into ``[0, n - w)``, ``[n - w, n - s)``, ``[n - s, n)``, so wrapped-around tokens
+    stay apart); then
+
+        M_ij = B[r_i - r_j, c_i - c_j]  (relative bias)  if i sees j,  -inf otherwise
+
+    Grid tokens do not see class tokens; class-token rows are 0 (global). With
+    ``m.causal`` also ``-inf`` where key ``j`` comes after query ``i`` (raster order,
+    class tokens first). On the device and in the dtype of ``m``'s parameters. Notebook 3.3.
+    """
+    w = m.qkv.weight
+    dev, dtype = w.device, w.dtype
+    Hg, Wg, n_cls = _grid_layout(T, m.grid, m.cls_tokens, "window_dense_mask")
+    (wh, ww), (sh, sw) = m._resolve_window((Hg, Wg)), m.shift
+    r = torch.arange(Hg, device=dev).repeat_interleave(Wg)  # (H W,): row of each grid token
+    c = torch.arange(Wg, device=dev).repeat(Hg)             # and its column
+    rr, rc = (r - sh) % Hg, (c - sw) % Wg                    # where the roll moves it
+    win = (rr // wh) * (Wg // ww) + rc // ww                 # its window after the roll
+
+    def region(x: Tensor, n: int, w_: int, s_: int) -> Tensor:
+        return torch.where(x < n - w_, 0, torch.where(x < n - s_, 1, 2))
+
+    label = region(rr, Hg, wh, sh) * 3 + region(rc, Wg, ww, sw)
+    keep = (win[:, None] == win[None, :]) & (label[:, None] == label[None, :])  # (H W, H W)
+    bias = torch.zeros(m.heads, Hg * Wg, Hg * Wg, dtype=dtype, device=dev)
+    if m.rel_bias is not None:                     # cut-apart pairs may be far apart: clamp
+        dr = (r[:, None] - r[None, :]).clamp(-(wh - 1), wh - 1) + wh - 1
+        dc = (c[:, None] - c[None, :]).clamp(-(ww - 1), ww - 1) + ww - 1
+        bias = bias + m.rel_bias[dr * (2 * ww - 1) + dc].permute(2, 0, 1).to(dtype)
+    mask = torch.zeros(m.heads, T, T, dtype=dtype, device=dev)
+    mask[:, n_cls:, :n_cls] = float("-inf")       # grid tokens do not see class tokens
+    mask[:, n_cls:, n_cls:] = bias.masked_fill(~keep, float("-inf"))
+    if m.causal:                                  # raster order, class tokens first
+        idx = torch.arange(T, device=dev)
+        mask = mask.masked_fill(idx[None, :] > idx[:, None], float("-inf"))
+    return mask
 
 
 class AxialAttention(nn.Module):

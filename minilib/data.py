@@ -60,7 +60,7 @@ __all__ = [
     # errors
     "DatasetNotFoundError", "ChecksumError",
     # where data lives
-    "data_root", "search_paths", "cache_dir",
+    "data_root", "search_paths", "cache_dir", "display_path",
     # registry and download
     "DataFile", "Dataset", "DATASETS", "fetch",
     # loaders
@@ -146,6 +146,40 @@ def cache_dir() -> Path:
     path = _cache_path()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _relative_to(path: Path, base: Path) -> str | None:
+    try:
+        return path.relative_to(base.expanduser().resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as a notebook may print it: relative to the data folder, never absolute.
+
+    Stored notebooks must not show the machine they ran on (``/home/...``, ``/root/...``),
+    and the same run on another machine must print the same text. So a file in the cache
+    is shown relative to :func:`cache_dir` (``models/cifar_cnn-cpu-<hash>.pt (in the data
+    folder)``; ``(in $BOOK_CACHE)`` when that variable placed the cache), a file under a
+    data root relative to it (``cifar10/cifar-10-python.tar.gz (in the data folder)``),
+    one in the home folder as ``~/...``, and anything else by its file name only.
+    """
+    p = Path(path).expanduser().resolve()
+    roots = search_paths()
+    cache = _cache_path()
+    rel = _relative_to(p, cache)
+    if rel is not None:
+        if os.environ.get("BOOK_CACHE"):
+            return f"{rel} (in $BOOK_CACHE)"
+        inside = any(_relative_to(cache.expanduser().resolve(), r) is not None for r in roots)
+        return f"{rel} (in the data folder)" if inside else f"{rel} (in the cache folder)"
+    for root in roots:
+        if (rel := _relative_to(p, root)) is not None:
+            return f"{rel} (in the data folder)"
+    if (rel := _relative_to(p, Path.home())) is not None:
+        return f"~/{rel}"
+    return p.name
 
 
 def _download_root() -> Path:
@@ -481,9 +515,10 @@ DATASETS: dict[str, Dataset] = {
     "bsd100": Dataset(
         "bsd100", "sr/BSD100",
         # No checksum published and none typed in: checked by content (100 test images).
-        (DataFile("BSDS300-images.tgz", url=_BSDS300_URL),),
+        # or the offline copy: the SR benchmark's PNGs img_001.png .. img_100.png
+        (DataFile("BSDS300-images.tgz", url=_BSDS300_URL, alternatives=(DataFile("img_001.png"),)),),
         "BSD100: the 100 test images of the Berkeley Segmentation Dataset BSDS300 (Martin "
-        "et al., ICCV 2001), a standard SR benchmark. NOT AVAILABLE OFFLINE: download only.",
+        "et al., ICCV 2001), a standard SR benchmark. Offline copy: sr/BSD100/img_*.png.",
         homepage="https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/bsds/",
         check="the archive holds exactly 100 images in BSDS300/images/test/",
     ),
@@ -991,12 +1026,14 @@ def _rgb_tensor(stamp: tuple[str, int, int]) -> Tensor:
     return torch.from_numpy(_read_rgb(Path(stamp[0]))).permute(2, 0, 1).contiguous()
 
 
-def sr_images(name: str) -> list[Tensor]:
+def sr_images(name: str, *, keep_gray: bool = False) -> list[Tensor]:
     """The HR images of a super-resolution set, each uint8 ``(3, H, W)``, sorted by file name.
 
-    ``name`` is one of :data:`SR_SETS` (case-insensitive): Set5, Set14, T91 (offline copies
-    exist) or BSD100 (download only). Grayscale images (Set14's bridge) are repeated to 3
-    channels. Sizes differ between images, so this is a list, not a batch.
+    ``name`` is one of :data:`SR_SETS` (case-insensitive): Set5, Set14, T91, BSD100 (offline
+    copies exist; BSD100 downloads the BSDS300 archive elsewhere). Grayscale images
+    (Set14's bridge) are repeated to 3 channels, or kept as ``(1, H, W)`` with
+    ``keep_gray=True`` (as MATLAB reads them: the SR papers' scripts use such an image as
+    its own Y, see ``ml.sr.hr_y``). Sizes differ between images, so this is a list.
     """
     key = name.strip().lower()
     if key not in {s.lower() for s in SR_SETS}:
@@ -1005,12 +1042,26 @@ def sr_images(name: str) -> list[Tensor]:
     folder = fetch(key)
     if key == "bsd100":
         archive = folder / ds.files[0].path
-        out = _extract(archive, cache_dir() / "sr" / "BSD100", "BSDS300/images/test/",
-                       check=_bsd100_check)
+        if archive.is_file():
+            out = _extract(archive, cache_dir() / "sr" / "BSD100", "BSDS300/images/test/",
+                           check=_bsd100_check)
+        else:  # the offline copy's PNGs
+            out = folder
+            _bsd100_check(out)
         paths = [p for p in out.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES]
     else:
         paths = [_find(f, folder)[0] for f in ds.files]
-    return [_rgb_tensor(_stamp(p)) for p in sorted(paths, key=lambda p: p.name)]
+    paths = sorted(paths, key=lambda p: p.name)
+    images = [_rgb_tensor(_stamp(p)) for p in paths]
+    return [img[:1] if keep_gray and _is_gray(p) else img for p, img in zip(paths, images)]
+
+
+def _is_gray(path: Path) -> bool:
+    """Whether an image file holds one channel (grayscale), as MATLAB's ``imread`` sees it."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.mode in ("1", "L", "I", "I;16", "F")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1104,7 +1155,9 @@ class DeviceLoader:
     Yields ``(x, y)``: x float32 ``(B, C, H, W)`` (channels-last memory format if
     ``channels_last``), y int64 ``(B,)``. ``len(loader)`` is the number of batches per
     epoch; the last, smaller batch is kept unless ``drop_last``. A ``generator`` makes
-    the order and the augmentation reproducible.
+    the order and the augmentation reproducible; give it on ``device``
+    (``torch.Generator(device)``): with a CPU generator and a GPU device, each augmented
+    batch copies its random draws to the GPU, a host-device sync per batch.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, *,
@@ -1191,6 +1244,11 @@ class TokenBatches:
     ``x[b] = ids[s_b : s_b + T]`` and ``y[b] = ids[s_b + 1 : s_b + T + 1]``: the target
     is the input shifted by one token. Iterating yields ``steps`` batches; ``len()`` is
     ``steps``; :meth:`sample` gives one batch. x and y are int64 ``(B, T)``.
+
+    A ``generator`` on the CPU makes the windows the same on every device. Iterating then
+    draws the starts of all ``steps`` batches at once and copies them to the device in one
+    transfer (the same numbers, in the same order, as ``steps`` calls of :meth:`sample`),
+    instead of one copy per batch, each of which would wait for the GPU.
     """
 
     def __init__(self, ids: Tensor, block_size: int, batch_size: int, *, steps: int,
@@ -1210,15 +1268,25 @@ class TokenBatches:
         """One batch ``(x, y)``, each int64 ``(B, T)``, with ``y = x`` shifted by one."""
         starts = _randint(len(self.ids) - self.block_size, (self.batch_size,),
                           self.generator, self.device)
-        # One gather for the whole batch: (B, 1) + (T+1,) -> (B, T+1) indices.
-        window = self.ids[starts[:, None] + self._window]
+        # One gather for the whole batch: (B, 1) + (T+1,) -> (B, T+1) indices;
         # contiguous: losses call .view(-1) on the targets.
+        return self._windows(starts)
+
+    def _windows(self, starts: Tensor) -> tuple[Tensor, Tensor]:
+        window = self.ids[starts[:, None] + self._window]        # (B, T+1)
         return window[:, :-1].contiguous(), window[:, 1:].contiguous()
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        g = self.generator
+        if g is not None and g.device.type != self.device.type:  # host draws, device windows
+            starts = _randint(len(self.ids) - self.block_size, (self.steps, self.batch_size),
+                              g, self.device)                     # one copy per epoch
+            for s in starts:
+                yield self._windows(s)
+            return
         for _ in range(self.steps):
             yield self.sample()
 

@@ -912,8 +912,11 @@ class PRepBN(nn.Module):
 
     Each forward pass in training mode counts one step (the layer is called once per
     optimizer step in ``ml.models``); the count is a buffer, so it survives a state_dict.
-    In eval mode the layer uses the current ``lam`` (SLAB's code uses the BN branch only;
-    the two agree once ``lam`` reached 0, which is when it is meant to be deployed).
+    The buffer stays on the CPU when the layer moves to a GPU: ``lam`` reads it on every
+    forward pass, and reading a GPU tensor from Python would wait for the GPU each time
+    (a host-device sync per layer and step). In eval mode the layer uses the current
+    ``lam`` (SLAB's code uses the BN branch only; the two agree once ``lam`` reached 0,
+    which is when it is meant to be deployed).
     Input ``(*, C)``. As a ``norm=`` factory: ``functools.partial(PRepBN, steps=N)``.
     """
 
@@ -926,7 +929,14 @@ class PRepBN(nn.Module):
         self.ln = nn.LayerNorm(dim, eps=eps)
         self.bn = BatchNormTokens(dim, eps=eps, momentum=momentum)
         self.eta = nn.Parameter(torch.ones(1))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # on the host, always
+
+    def _apply(self, fn, *args, **kwargs):
+        """``.to()``, ``.cuda()``, ``.double()`` ... move and cast everything but ``step``."""
+        step = self.step
+        super()._apply(fn, *args, **kwargs)
+        self._buffers["step"] = step           # a host counter: no device sync to read it
+        return self
 
     @property
     def lam(self) -> float:

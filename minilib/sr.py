@@ -133,10 +133,17 @@ _YCBCR_MATRIX = (
 _YCBCR_OFFSET = (16.0, 128.0, 128.0)
 
 
+@functools.lru_cache(maxsize=32)
+def _constant_on(values: tuple, shape: tuple, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A float64 constant cast to ``dtype`` and copied to ``device`` once, then reused."""
+    return torch.tensor(values, dtype=torch.float64).view(shape).to(dtype).to(device)
+
+
 def _color_transform(x: Tensor, matrix: Tensor, offset: Tensor) -> Tensor:
     """``out[..., i, h, w] = sum_j matrix[i, j] * x[..., j, h, w] + offset[i]``."""
-    matrix = matrix.to(x.dtype).to(x.device)
-    offset = offset.to(x.dtype).to(x.device)
+    # One host-to-device copy per (matrix, device, dtype), not one per call.
+    matrix = _constant_on(tuple(matrix.flatten().tolist()), tuple(matrix.shape), x.device, x.dtype)
+    offset = _constant_on(tuple(offset.flatten().tolist()), tuple(offset.shape), x.device, x.dtype)
     return torch.einsum("ij,...jhw->...ihw", matrix, x) + offset[:, None, None]
 
 
@@ -380,6 +387,13 @@ def _out_len(n: int, scale: float) -> int:
     return round(v) if abs(v - round(v)) < 1e-9 else math.ceil(v)
 
 
+@functools.lru_cache(maxsize=64)
+def _resize_weights_on(in_len: int, out_len: int, scale: float, antialias: bool,
+                       device: torch.device, dtype: torch.dtype) -> Tensor:
+    """:func:`resize_weights` on ``device`` in ``dtype``: copied there once, then reused."""
+    return resize_weights(in_len, out_len, scale, antialias).to(device, dtype)
+
+
 def imresize(img: Tensor, scale: float, *, antialias: bool = True) -> Tensor:
     """Bicubic resize of ``(C, H, W)`` or ``(B, C, H, W)`` by ``scale``, as MATLAB's ``imresize``.
 
@@ -403,8 +417,8 @@ def imresize(img: Tensor, scale: float, *, antialias: bool = True) -> Tensor:
     h, w = img.shape[-2:]
     out_h, out_w = _out_len(h, scale), _out_len(w, scale)
     dtype = torch.float64 if img.dtype == torch.float64 else torch.float32
-    wh = resize_weights(h, out_h, float(scale), antialias).to(img.device, dtype)  # (H', H)
-    ww = resize_weights(w, out_w, float(scale), antialias).to(img.device, dtype)  # (W', W)
+    wh = _resize_weights_on(h, out_h, float(scale), antialias, img.device, dtype)  # (H', H)
+    ww = _resize_weights_on(w, out_w, float(scale), antialias, img.device, dtype)  # (W', W)
     x = img.to(dtype)
     x = torch.einsum("oh,...hw->...ow", wh, x)       # resize the rows:    (.., H', W)
     x = torch.einsum("...hw,pw->...hp", x, ww)       # then the columns:   (.., H', W')

@@ -11,10 +11,21 @@ What it does for efficiency measurements to mean something:
 
 * **Only training time is timed.** ``History``'s ``time`` column is seconds of training
   so far; evaluation pauses the clock. On CUDA the clock is read after
-  ``torch.cuda.synchronize()``, since kernels run asynchronously (notebook 1.1).
-* **Mixed precision** (bf16 autocast) on CUDA by default, **optional** ``torch.compile``.
+  ``torch.cuda.synchronize()``, since kernels run asynchronously (notebook 1.1), and
+  CUDA, cuBLAS and cuDNN are started (a tiny matmul and conv) before the clock starts,
+  so the first timed step does not pay for them.
+* **No host-device syncs per step**: the loss is summed on the device and read once per
+  logged row; the schedule, gradient clipping and (with a fused optimizer) the gradient
+  scaler run without reading a value back.
+* **Precision is explicit.** Training: autocast on CUDA by default, in
+  ``ml.env.amp_dtype()`` (bf16; fp16 with a gradient scaler where bf16 is not supported,
+  e.g. a T4). Evaluation: fp32 (IEEE: minilib turns TF32 off) unless asked, so a quality
+  number is the number of the format it names. **Optional** ``torch.compile``.
 * **Evaluation** on a fixed set every epoch (or every ``eval_every`` steps): DAWNBench's
   "time to 94%" is the training time at the first evaluation reaching 94%.
+* **Dry run** (``BOOK_DRYRUN=1``): ``fit`` stops after 2 optimizer steps, evaluation reads
+  at most 2 batches, and :func:`train_or_load` trains a throwaway model in a temporary
+  folder (the cache is neither read nor written).
 
 Trained models that later chapters reuse are cached by :func:`train_or_load`, keyed by
 name, scale and a hash of the configuration.
@@ -22,10 +33,14 @@ name, scale and a hash of the configuration.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import itertools
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from contextlib import nullcontext
@@ -140,11 +155,50 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _autocast(device: torch.device, amp: bool | None):
-    """bf16 autocast on CUDA when ``amp`` is None; on any device when True; off when False."""
-    if amp is None:
-        amp = device.type == "cuda"
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+_DRY_RUN_STEPS = 2    # optimizer steps of a dry run (BOOK_DRYRUN=1)
+_DRY_RUN_BATCHES = 2  # evaluation batches of a dry run
+
+
+def _amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
+    """The autocast dtype ``amp`` asks for on ``device``, or ``None`` for no autocast.
+
+    ``None`` / ``False``: off (fp32). ``True``: ``ml.env.amp_dtype(device)`` (bf16, or fp16
+    on a GPU without bf16). A dtype (``torch.float16``): that dtype.
+    """
+    if amp is None or amp is False:
+        return None
+    if amp is True:
+        return _env.amp_dtype(device)
+    if isinstance(amp, torch.dtype):
+        return amp
+    raise TypeError(f"amp must be None, a bool or a torch dtype (torch.bfloat16); got {amp!r}")
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` on ``device`` in ``dtype``; no autocast when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _warm_up(device: torch.device, dtype: torch.dtype | None = None) -> None:
+    """Start CUDA before a clock starts: context, cuBLAS and cuDNN handles, a first kernel.
+
+    The first matmul on a CUDA device creates the cuBLAS handle and workspace and the first
+    convolution initializes cuDNN: tens to hundreds of milliseconds that are start-up, not
+    training. A tiny matmul (also under autocast in ``dtype``) and a tiny conv pay for them
+    here, then the device is synchronized. What stays in the first timed step is the
+    model's own first launches (lazy loading of its kernels, cuDNN algorithm choice).
+    No-op off CUDA.
+    """
+    if device.type != "cuda":
+        return
+    torch.cuda.init()
+    a = torch.ones(16, 16, device=device)
+    a @ a
+    if dtype is not None:
+        with torch.autocast("cuda", dtype=dtype):
+            a @ a
+    F.conv2d(torch.ones(1, 1, 8, 8, device=device), torch.ones(1, 1, 3, 3, device=device))
+    torch.cuda.synchronize(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -161,7 +215,7 @@ def _cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0,
 
 def evaluate(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *,
              loss_fn: LossFn | None = None, tta: bool = False,
-             amp: bool | None = None) -> dict[str, float]:
+             amp: bool | torch.dtype | None = None) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` over ``loader``.
 
     ``loader`` yields ``(x, y)``: images ``(B, C, H, W)`` with labels ``(B,)`` (logits
@@ -172,18 +226,27 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *,
     ``tta=True`` (test-time augmentation, images only) averages the logits of each image
     and of its left-right mirror: ``(f(x) + f(flip(x))) / 2``; it costs two forward passes.
 
-    Runs in eval mode under ``torch.no_grad()`` (bf16 autocast on CUDA unless ``amp``
-    says otherwise) and restores the model's training mode afterwards.
+    Precision: fp32 on every device by default (``amp=None``; IEEE fp32, TF32 is off), so
+    the quality of an fp32 model is measured in fp32. ``amp=True`` evaluates under
+    autocast in ``ml.env.amp_dtype()`` (bf16, or fp16 on a GPU without bf16), ``amp=`` a
+    dtype in that dtype. A model converted to another format (``model.bfloat16()``, a
+    quantized model) is measured in its own format either way.
+
+    Runs in eval mode under ``torch.no_grad()`` and restores the model's training mode
+    afterwards. In a dry run (``BOOK_DRYRUN=1``) only the first 2 batches are read.
     Returns ``{"loss": float, "accuracy": float}``.
     """
     device = _device_of(model)
+    dtype = _amp_dtype(device, amp)
+    if _env.dry_run():
+        loader = itertools.islice(loader, _DRY_RUN_BATCHES)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count = 0
     try:
-        with torch.no_grad(), _autocast(device, amp):
+        with torch.no_grad(), _autocast(device, dtype):
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
                 logits = model(x)
@@ -284,7 +347,8 @@ def fit(model: nn.Module, train_loader: Iterable[tuple[Tensor, Tensor]], *,
         optimizer: torch.optim.Optimizer, epochs: int | None = None, steps: int | None = None,
         schedule: Callable[[int], float] | None = None, loss_fn: LossFn | None = None,
         label_smoothing: float = 0.0, eval_loader: Iterable[tuple[Tensor, Tensor]] | None = None,
-        eval_every: int | None = None, eval_tta: bool = False, amp: bool | None = None,
+        eval_every: int | None = None, eval_tta: bool = False,
+        amp: bool | torch.dtype | None = None, eval_amp: bool | torch.dtype = False,
         compile: bool = False, grad_clip: float | None = None, progress: bool = True,
         desc: str | None = None) -> History:
     """Train ``model`` with ``optimizer`` on ``train_loader``; return the :class:`History`.
@@ -303,15 +367,27 @@ def fit(model: nn.Module, train_loader: Iterable[tuple[Tensor, Tensor]], *,
         eval_loader: evaluated with :func:`evaluate` (``tta=eval_tta``) every
             ``eval_every`` steps; by default at the end of every epoch, or once at the end
             for step-based training. Without it rows still log the train loss.
-        amp: bf16 autocast; ``None`` means on CUDA only.
+        amp: autocast while training: ``None`` (default) means on CUDA only, in
+            ``ml.env.amp_dtype()``: bf16, or fp16 with a ``torch.amp.GradScaler`` on a GPU
+            without bf16 (a T4); ``True`` on any device (bf16 on the CPU); ``False`` fp32;
+            or a dtype.
+        eval_amp: evaluate under autocast too (``True`` or a dtype); by default the
+            evaluations run in fp32, so ``val_accuracy`` is the fp32 model's accuracy.
         compile: train ``torch.compile(model)`` (falls back to eager with a warning).
-        grad_clip: clip the global gradient norm to this value.
+        grad_clip: clip the global gradient norm to this value (after unscaling the
+            gradients when a gradient scaler is used).
         progress, desc: a ``tqdm`` progress bar and its label. The bar is also off when the
             environment sets ``TQDM_DISABLE=1``: ``make execute`` does, so notebooks stored
             for the book do not fill with progress lines (readers running them see the bar).
 
     The ``time`` column counts training only: the clock stops during evaluation, and on
-    CUDA it is read after ``torch.cuda.synchronize()``.
+    CUDA it is read after ``torch.cuda.synchronize()``; CUDA, cuBLAS and cuDNN are started
+    before it starts (:func:`_warm_up`). A step reads nothing back from the device (the
+    loss is summed there and read once per row), so the GPU never waits for Python; with
+    fp16 and a non-fused optimizer the gradient scaler reads one flag per step (fused
+    optimizers, such as :func:`adamw`'s on CUDA, avoid that).
+
+    Dry run (``BOOK_DRYRUN=1``): at most 2 optimizer steps, evaluations of at most 2 batches.
     """
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs= or steps= (how long to train)")
@@ -329,8 +405,14 @@ def fit(model: nn.Module, train_loader: Iterable[tuple[Tensor, Tensor]], *,
         eval_every = per_epoch if epochs is not None else total
     if eval_every < 1:
         raise ValueError(f"eval_every must be >= 1 step; got {eval_every}")
+    if _env.dry_run():
+        total = min(total, _DRY_RUN_STEPS)
 
     device = _device_of(model)
+    dtype = _amp_dtype(device, device.type == "cuda" if amp is None else amp)
+    eval_dtype = _amp_dtype(device, eval_amp)
+    # fp16 overflows where bf16 does not: scale the loss, unscale the gradients.
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     if loss_fn is None:
         def loss_fn(logits: Tensor, y: Tensor) -> Tensor:
             return _cross_entropy(logits, y, label_smoothing)
@@ -347,6 +429,7 @@ def fit(model: nn.Module, train_loader: Iterable[tuple[Tensor, Tensor]], *,
     loss_count = 0
     train_seconds = 0.0
     step = 0
+    _warm_up(device, dtype)
     _sync(device)
     start = time.perf_counter()
     try:
@@ -356,7 +439,7 @@ def fit(model: nn.Module, train_loader: Iterable[tuple[Tensor, Tensor]], *,
                 lr_mult = schedule(step) if schedule is not None else 1.0
                 for group in optimizer.param_groups:
                     group["lr"] = group["initial_lr"] * lr_mult
-                with _autocast(device, amp):
+                with _autocast(device, dtype):
                     try:
                         logits = forward(x)
                     except Exception as err:
@@ -369,10 +452,18 @@ def fit(model: nn.Module, train_loader: Iterable[tuple[Tensor, Tensor]], *,
                         logits = forward(x)
                     loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    if grad_clip is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    if grad_clip is not None:
+                        scaler.unscale_(optimizer)  # clip the true gradients
+                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    scaler.step(optimizer)          # skipped when a gradient is inf/nan
+                    scaler.update()
                 loss_sum += loss.detach().float()
                 loss_count += 1
                 step += 1
@@ -393,7 +484,7 @@ def fit(model: nn.Module, train_loader: Iterable[tuple[Tensor, Tensor]], *,
                     loss_sum.zero_()
                     loss_count = 0
                     if eval_loader is not None:
-                        result = evaluate(model, eval_loader, tta=eval_tta, amp=amp)
+                        result = evaluate(model, eval_loader, tta=eval_tta, amp=eval_dtype)
                         row["val_loss"], row["val_accuracy"] = result["loss"], result["accuracy"]
                     history.log(**row)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
@@ -440,6 +531,18 @@ def cache_path(name: str, config: dict[str, Any]) -> Path:
     return _data.cache_dir() / "models" / f"{cache_key(name, config)}.pt"
 
 
+_DRY_RUN_DIR: Path | None = None
+
+
+def _dry_run_dir() -> Path:
+    """A temporary folder of this process for the throwaway models of a dry run."""
+    global _DRY_RUN_DIR
+    if _DRY_RUN_DIR is None or not _DRY_RUN_DIR.is_dir():
+        _DRY_RUN_DIR = Path(tempfile.mkdtemp(prefix="minilib-dryrun-"))
+        atexit.register(shutil.rmtree, _DRY_RUN_DIR, True)
+    return _DRY_RUN_DIR
+
+
 def _default_metrics(model: nn.Module, history: History) -> dict[str, Any]:
     keys = ("train_loss", "val_loss", "val_accuracy")
     return {k: history.last(k) for k in keys if history.last(k) is not None}
@@ -464,14 +567,30 @@ def train_or_load(name: str, config: dict[str, Any], build: Callable[[], nn.Modu
     history)``, default: the last train/val loss and accuracy), ``train_seconds`` (the
     history's training time, evaluation excluded), ``wall_seconds`` (including evaluation)
     and ``torch`` (version).
+
+    What it prints names the file relative to the data folder
+    (``loaded from cache models/<key>.pt (in the data folder)``), never an absolute path
+    of this machine, so stored notebooks print the same everywhere.
+
+    Dry run (``BOOK_DRYRUN=1``): the real cache is neither read nor written; the model is
+    trained (``fit`` stops after 2 steps) and kept in a temporary folder of this process,
+    and the message says it is a throwaway model.
     """
     device = torch.device(device) if device is not None else _env.device()
-    path = cache_path(name, config)
+    dry = _env.dry_run()
+    if dry:  # a throwaway model, in a temporary folder: the cache is not used
+        path = _dry_run_dir() / "models" / f"{cache_key(name, config)}.pt"
+    else:
+        path = cache_path(name, config)
+    shown = _data.display_path(path)
     if path.exists() and not retrain:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         model = build()
         model.load_state_dict(payload["state_dict"])
-        print(f"{name}: loaded from cache {path}")
+        if dry:
+            print(f"{name}: DRY RUN: loaded the throwaway model trained earlier in this run")
+        else:
+            print(f"{name}: loaded from cache {shown}")
         return model.to(device).eval(), payload["record"]
 
     _env.seed_all(config.get("seed", 0))
@@ -497,5 +616,9 @@ def train_or_load(name: str, config: dict[str, Any], build: Callable[[], nn.Modu
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({"state_dict": state, "record": record}, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written model behind
-    print(f"{name}: trained in {record['train_seconds']:.1f}s, saved to {path}")
+    if dry:
+        print(f"{name}: DRY RUN: trained a throwaway model in {record['train_seconds']:.1f}s "
+              f"(at most {_DRY_RUN_STEPS} steps; not saved to the cache)")
+    else:
+        print(f"{name}: trained in {record['train_seconds']:.1f}s, saved to {shown}")
     return model.eval(), record

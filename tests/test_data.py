@@ -232,6 +232,32 @@ def test_data_root_and_search_paths_order(isolated, monkeypatch, tmp_path):
     assert data.data_root() == isolated.home / ".cache" / "efficient-dl-from-scratch" / "data"
 
 
+def test_display_path_is_relative_to_the_data_folder(isolated, monkeypatch, tmp_path):
+    """Stored outputs never show the machine's absolute paths (issue 11)."""
+    cached = data.cache_dir() / "models" / "cifar_cnn-cpu-0123456789ab.pt"
+    assert data.display_path(cached) == "models/cifar_cnn-cpu-0123456789ab.pt (in $BOOK_CACHE)"
+    monkeypatch.delenv("BOOK_CACHE")
+    cached = data.cache_dir() / "models" / "cifar_cnn-cpu-0123456789ab.pt"
+    assert cached.parent.parent == isolated.data / "cache"
+    assert data.display_path(cached) == "models/cifar_cnn-cpu-0123456789ab.pt (in the data folder)"
+    assert data.display_path(isolated.data / "cifar10" / "cifar-10-python.tar.gz") == \
+        "cifar10/cifar-10-python.tar.gz (in the data folder)"
+    assert data.display_path(isolated.home / "x" / "y.pt") == "~/x/y.pt"
+    assert data.display_path(tmp_path / "elsewhere" / "z.pt") == "z.pt"
+    for p in (cached, isolated.data / "a", isolated.home / "b", tmp_path / "c"):
+        assert str(tmp_path) not in data.display_path(p)
+
+
+def test_loaders_keep_their_real_sizes_in_a_dry_run(book_data, monkeypatch):
+    """A dry run cuts loops, not data: shapes and memory at gpu sizes are what it checks."""
+    monkeypatch.setenv("BOOK_DRYRUN", "1")
+    x, y = data.fashion_mnist(train=False)
+    assert x.shape == (10_000, 1, 28, 28) and y.shape == (10_000,)
+    assert len(data.shakespeare().text) > 1_000_000
+    loader = data.DeviceLoader(x, y, 500, shuffle=False, device="cpu")
+    assert len(loader) == 20 and sum(len(b[1]) for b in loader) == 10_000
+
+
 def test_read_only_book_data_is_never_written(isolated, server, monkeypatch):
     """CI's BOOK_DATA is read-only: the cache and downloads go elsewhere (even as root)."""
     monkeypatch.delenv("BOOK_CACHE")
@@ -529,6 +555,39 @@ def test_token_batches():
     assert torch.equal(again[0], pairs[0][0])
     with pytest.raises(ValueError, match="block_size"):
         data.TokenBatches(torch.arange(10), 16, 2, steps=1, device="cpu")
+
+
+def test_token_batches_with_a_host_generator_copy_once_per_epoch():
+    """A CPU generator feeding another device: all starts of an epoch in one transfer, the
+    same windows as drawing them batch by batch (the CPU stream is consumed in order)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ids = torch.arange(1000)
+    one_by_one = data.TokenBatches(ids, 8, 5, steps=7, device="cpu",
+                                   generator=torch.Generator().manual_seed(3))
+    expected = [one_by_one.sample() for _ in range(7)]
+    starts = torch.randint(1000 - 8, (7, 5), generator=torch.Generator().manual_seed(3))
+    for (x, y), s in zip(expected, starts):
+        assert torch.equal(x[:, 0], s) and torch.equal(y[:, 0], s + 1)
+    iterated = list(data.TokenBatches(ids, 8, 5, steps=7, device="cpu",
+                                      generator=torch.Generator().manual_seed(3)))
+    assert len(iterated) == 7 and all(torch.equal(a[0], b[0]) for a, b in zip(expected, iterated))
+
+    class Copies(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and args[0].device.type == "cpu" \
+                    and str(kwargs.get("device", "cpu")) == "meta":
+                Copies.n += 1
+            return func(*args, **kwargs)
+
+    on_meta = data.TokenBatches(torch.empty(1000, dtype=torch.long, device="meta"), 8, 5,
+                                steps=7, device="meta", generator=torch.Generator().manual_seed(3))
+    with Copies():
+        batches = list(on_meta)
+    assert len(batches) == 7 and batches[0][0].shape == (5, 8) and Copies.n == 1
 
 
 def test_subset_is_balanced_and_ordered():

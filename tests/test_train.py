@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from minilib import train
 
@@ -246,11 +248,14 @@ def test_train_or_load_saves_then_loads(cache, capsys):
     out = capsys.readouterr().out
     path = train.cache_path("toy", cfg)
     assert path.parent == cache / "models" and path.name.startswith("toy-smoke-")
-    assert path.exists() and "trained in" in out and str(path) in out
+    assert path.exists() and "trained in" in out and f"models/{path.name}" in out
+    assert str(cache) not in out  # never an absolute path of this machine
     assert runs == [1] and not m1.training
 
     m2, r2 = train.train_or_load("toy", cfg, build, fit_it, device="cpu")
-    assert "loaded from cache" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"loaded from cache models/{path.name} (in $BOOK_CACHE)" in out
+    assert str(cache) not in out
     assert runs == [1]  # not retrained
     s1, s2 = m1.state_dict(), m2.state_dict()
     assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
@@ -323,3 +328,209 @@ def test_adamw_decays_matrices_only():
     assert [p.shape for p in decayed["params"]] == [(3, 4)]
     assert {id(p) for p in plain["params"]} == {id(model[0].bias), id(model[1].weight)}
     assert decayed["betas"] == (0.9, 0.99) and decayed["lr"] == 0.1
+
+
+# --- paths: stored notebooks never print this machine's absolute paths ---------
+
+def test_train_or_load_prints_paths_relative_to_the_data_folder(tmp_path, monkeypatch, capsys):
+    """Issue 11: "loaded from cache /<somewhere>/data/cache/..." in stored notebooks."""
+    data = tmp_path / "somewhere" / "data"
+    monkeypatch.setenv("BOOK_DATA", str(data))
+    monkeypatch.delenv("BOOK_CACHE", raising=False)
+    monkeypatch.setenv("BOOK_SCALE", "smoke")
+    build, fit_it = _job([])
+    train.train_or_load("toy", {"seed": 0}, build, fit_it, device="cpu")
+    train.train_or_load("toy", {"seed": 0}, build, fit_it, device="cpu")
+    out = capsys.readouterr().out
+    name = train.cache_path("toy", {"seed": 0}).name
+    assert train.cache_path("toy", {"seed": 0}).parent == data / "cache" / "models"
+    assert f"saved to models/{name} (in the data folder)" in out
+    assert f"loaded from cache models/{name} (in the data folder)" in out
+    assert str(tmp_path) not in out and "/somewhere" not in out
+
+
+# --- precision: fp32 evaluation by default, explicit autocast -------------------
+
+class DtypeProbe(nn.Module):
+    """A linear classifier that records the dtype its input arrives in and its output has."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+        self.seen = []
+
+    def forward(self, x):
+        y = self.fc(x)
+        self.seen.append((x.dtype, y.dtype, torch.is_autocast_enabled(x.device.type)))
+        return y
+
+
+def test_evaluate_runs_in_fp32_by_default_and_bf16_when_asked():
+    x, y = separable(32)
+    model = DtypeProbe()
+    fp32 = train.evaluate(model, batches(x, y, 16))
+    assert model.seen == [(torch.float32, torch.float32, False)] * 2
+    model.seen.clear()
+    bf16 = train.evaluate(model, batches(x, y, 16), amp=True)   # CPU autocast: bf16
+    assert model.seen == [(torch.float32, torch.bfloat16, True)] * 2
+    model.seen.clear()
+    train.evaluate(model, batches(x, y, 16), amp=torch.bfloat16)
+    assert model.seen[0][1] == torch.bfloat16
+    assert bf16["accuracy"] == pytest.approx(fp32["accuracy"], abs=0.1)
+    with pytest.raises(TypeError, match="amp"):
+        train.evaluate(model, batches(x, y, 16), amp="bf16")
+
+
+def test_fit_trains_fp32_on_cpu_and_evaluates_fp32_by_default():
+    x, y = separable(64)
+    model = DtypeProbe()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    train.fit(model, batches(x, y, 16), optimizer=opt, epochs=1, eval_loader=batches(x, y, 32),
+              progress=False)
+    assert model.seen == [(torch.float32, torch.float32, False)] * (4 + 2)
+
+
+def test_fit_amp_true_trains_under_bf16_autocast_and_still_evaluates_fp32():
+    torch.manual_seed(0)
+    x, y = separable(128)
+    model = DtypeProbe()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    h = train.fit(model, batches(x, y, 16), optimizer=opt, epochs=3, amp=True,
+                  eval_loader=batches(x, y, 64), progress=False)
+    steps, evals = model.seen[:8], model.seen[8:10]
+    assert steps == [(torch.float32, torch.bfloat16, True)] * 8
+    assert evals == [(torch.float32, torch.float32, False)] * 2
+    assert model.fc.weight.dtype == torch.float32 and h.last("val_accuracy") > 0.95
+    model.seen.clear()
+    train.fit(model, batches(x, y, 16), optimizer=opt, steps=1, amp=True, eval_amp=True,
+              eval_loader=batches(x, y, 64), progress=False)
+    assert model.seen[-1] == (torch.float32, torch.bfloat16, True)  # eval_amp=True: bf16 too
+
+
+def test_fit_fp16_uses_a_gradient_scaler(monkeypatch):
+    """fp16 (a T4 without bf16) needs loss scaling; bf16 and fp32 do not."""
+    made = []
+    real = torch.amp.GradScaler
+
+    def spy(*args, **kwargs):
+        made.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", spy)
+    torch.manual_seed(0)
+    x, y = separable(128)
+    model = DtypeProbe()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    h = train.fit(model, batches(x, y, 16), optimizer=opt, epochs=3, amp=torch.float16,
+                  grad_clip=10.0, eval_loader=batches(x, y, 64), progress=False)
+    assert made == [("cpu",)]
+    assert model.seen[0][1] == torch.float16 and h.last("val_accuracy") > 0.95
+    train.fit(model, batches(x, y, 16), optimizer=opt, steps=2, amp=True, progress=False)
+    assert len(made) == 1  # bf16: no scaler
+
+
+# --- no host-device syncs in the hot loop ------------------------------------------
+
+class SyncCounter(TorchFunctionMode):
+    """Counts the calls that read a tensor back to Python (each a sync on a GPU)."""
+
+    SYNCS = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "cpu", "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.SYNCS:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_fit_reads_nothing_back_per_step():
+    """Schedule, grad clipping, label smoothing, loss accumulation: no sync per step; the
+    loss sum is read once per logged row."""
+    x, y = separable(64)
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with SyncCounter() as counter:
+        h = train.fit(model, batches(x, y, 16), optimizer=opt, steps=20, eval_every=8,
+                      schedule=train.one_cycle(20), grad_clip=1.0, label_smoothing=0.1,
+                      progress=False)
+    assert [r["step"] for r in h.rows] == [8, 16, 20]
+    assert counter.calls == ["item"] * 3  # one per row: train_loss
+
+
+def test_fit_warms_up_the_device_before_the_clock(monkeypatch):
+    order = []
+    monkeypatch.setattr(train, "_warm_up", lambda device, dtype=None: order.append("warm-up"))
+    real_perf = train.time.perf_counter
+    monkeypatch.setattr(train.time, "perf_counter", lambda: order.append("clock") or real_perf())
+
+    class Probe(nn.Linear):
+        def forward(self, x):
+            order.append("step")
+            return super().forward(x)
+
+    model = Probe(2, 2)
+    train.fit(model, batches(*separable(16), 8), optimizer=torch.optim.SGD(model.parameters(), 0.1),
+              steps=1, progress=False)
+    assert order[:3] == ["warm-up", "clock", "step"]
+    monkeypatch.undo()
+    assert train._warm_up(torch.device("cpu"), torch.bfloat16) is None  # a no-op off CUDA
+
+
+# --- dry run -------------------------------------------------------------------------
+
+class CountingLoader:
+    """A list of batches that counts how many it handed out."""
+
+    def __init__(self, items):
+        self.items, self.taken = items, 0
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        for item in self.items:
+            self.taken += 1
+            yield item
+
+
+def test_dry_run_fit_stops_after_two_steps_and_evaluates_two_batches(monkeypatch):
+    monkeypatch.setenv("BOOK_DRYRUN", "1")
+    x, y = separable(256)
+    train_loader, eval_loader = CountingLoader(batches(x, y, 16)), CountingLoader(batches(x, y, 16))
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    h = train.fit(model, train_loader, optimizer=opt, epochs=5, eval_loader=eval_loader,
+                  progress=False)
+    assert train_loader.taken == 2 and eval_loader.taken == 2
+    assert [r["step"] for r in h.rows] == [2] and h.rows[0]["epoch"] == pytest.approx(2 / 16)
+    direct = CountingLoader(batches(x, y, 16))
+    train.evaluate(model, direct)
+    assert direct.taken == 2
+    monkeypatch.setenv("BOOK_DRYRUN", "0")
+    h = train.fit(model, CountingLoader(batches(x, y, 64)), optimizer=opt, steps=5, progress=False)
+    assert h.rows[-1]["step"] == 5
+
+
+def test_dry_run_train_or_load_never_touches_the_cache(cache, monkeypatch, capsys):
+    monkeypatch.setenv("BOOK_DRYRUN", "1")
+    runs = []
+    build, fit_it = _job(runs)
+    m1, r1 = train.train_or_load("toy", {"seed": 0}, build, fit_it, device="cpu")
+    out = capsys.readouterr().out
+    assert "DRY RUN" in out and "throwaway" in out and "not saved to the cache" in out
+    assert not any(cache.rglob("*.pt"))                      # nothing written to the cache
+    assert r1["history"]["rows"][-1]["step"] == 2
+    m2, _ = train.train_or_load("toy", {"seed": 0}, build, fit_it, device="cpu")
+    assert runs == [1] and "DRY RUN" in capsys.readouterr().out  # the throwaway, reused
+    assert not any(cache.rglob("*.pt"))
+    # a real model in the cache is not read in a dry run either
+    monkeypatch.setenv("BOOK_DRYRUN", "0")
+    train.train_or_load("toy", {"seed": 5}, build, fit_it, device="cpu")
+    assert len(list(cache.rglob("*.pt"))) == 1 and runs == [1, 1]
+    monkeypatch.setenv("BOOK_DRYRUN", "1")
+    train.train_or_load("toy", {"seed": 5}, build, fit_it, device="cpu")
+    assert runs == [1, 1, 1] and os.path.isdir(train._dry_run_dir())
