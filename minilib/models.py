@@ -85,16 +85,19 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """The transformer's per-token MLP: ``Linear(dim, hidden) -> GELU -> Linear(hidden, dim)``.
+    """The transformer's per-token MLP: ``Linear(dim, hidden) -> act -> Linear(hidden, dim)``.
 
     It holds about two thirds of a transformer's parameters (with ``hidden = 4 dim``);
-    chapter 6 measures how sparse its hidden activations are.
+    chapter 6 measures how sparse its hidden activations are. ``act()`` builds the
+    activation (default GELU; chapter 6 trains ``functools.partial(FeedForward,
+    act=nn.ReLU)`` as an ``mlp=`` factory); the parameter names do not depend on it.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, *, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden_dim: int, *, dropout: float = 0.0,
+                 act: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.fc = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
+        self.act = act()
         self.proj = nn.Linear(hidden_dim, dim)
         self.dropout = nn.Dropout(dropout)
 
