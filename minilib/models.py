@@ -20,7 +20,8 @@ factory                                            builds a module mapping
 
 Sections, one per model: the transformer parts (:class:`Attention`, :class:`FeedForward`,
 :class:`Block`), :class:`ResNet9` (the fast CIFAR-10 CNN), :class:`ViT`,
-:class:`CharGPT` (nanoGPT-style character model) and :class:`MLP`.
+:class:`CharGPT` (nanoGPT-style character model), :class:`MLP`, and the diffusion
+denoisers of chapter 7, :class:`UNet` and :class:`DiT`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ __all__ = [
     "Attention", "FeedForward", "Block", "PLACEMENTS",
     "ResNet9", "ConvBlock", "Residual",
     "ViT", "CharGPT", "MLP",
+    "timestep_embedding", "ConditionEmbedding", "ResBlock", "SpatialAttention", "UNet",
+    "DiTBlock", "DiT",
 ]
 
 NormFactory = Callable[[int], nn.Module]
@@ -508,3 +511,245 @@ class MLP(nn.Module):
             raise ValueError(f"MLP(in_features={self.in_features}) got {x.shape[1]} features per "
                              f"sample (input shape {tuple(x.shape)}); set in_features = C * H * W")
         return self.net(x)
+
+
+# ---------------------------------------------------------------------------------------
+# Diffusion backbones: a small U-Net and a small DiT (chapter 7)
+#
+# Both are denoisers called as model(x_t, t) or model(x_t, t, y): x_t (B, C, H, W), t (B,)
+# timesteps (int indices in [0, T), or floats for flow matching), y (B,) class labels or
+# None; they return a tensor of the shape of x_t (predicted noise or velocity).
+# ---------------------------------------------------------------------------------------
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal embedding of timesteps (Vaswani et al., 2017; used by DDPM and DiT).
+
+        e[b, i] = cos(t_b w_i),   e[b, half + i] = sin(t_b w_i),   w_i = max_period^(-i / half)
+
+    t: (B,) ints or floats -> (B, dim) float32 (dim even).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]                  # (B, half)
+    return torch.cat([args.cos(), args.sin()], dim=-1)       # (B, dim)
+
+
+class ConditionEmbedding(nn.Module):
+    """The conditioning vector of a denoiser: ``c = MLP(sinusoid(t)) [+ E[y]]``, ``(B, dim)``.
+
+    With ``num_classes = K`` the label table has K + 1 rows: row K is the "no label" token
+    of classifier-free guidance (Ho & Salimans, 2022). ``y=None`` means "no label", and in
+    training mode each label is replaced by it with probability ``class_dropout``, so one
+    network learns both the conditional and the unconditional model.
+    """
+
+    def __init__(self, dim: int, num_classes: int | None = None, class_dropout: float = 0.1,
+                 freq_dim: int = 64):
+        super().__init__()
+        self.freq_dim, self.num_classes, self.class_dropout = freq_dim, num_classes, class_dropout
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.label = nn.Embedding(num_classes + 1, dim) if num_classes else None
+        if self.label is not None:
+            nn.init.normal_(self.label.weight, std=0.02)  # small next to the time embedding, as in DiT
+
+    def forward(self, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """``t``: ``(B,)``, ``y``: ``(B,)`` labels in ``[0, K]`` or None -> ``(B, dim)``."""
+        c = self.mlp(timestep_embedding(t, self.freq_dim))
+        if self.label is None:
+            if y is not None:
+                raise ValueError("this denoiser was built without num_classes: it takes no "
+                                 "labels; build it with num_classes=K to condition on y")
+            return c
+        if y is None:
+            y = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device)
+        if self.training and self.class_dropout > 0:
+            drop = torch.rand(y.shape, device=y.device) < self.class_dropout
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return c + self.label(y)
+
+
+def _groups(channels: int, groups: int = 8) -> int:
+    return math.gcd(groups, channels)
+
+
+class ResBlock(nn.Module):
+    """DDPM's residual block: two GroupNorm-SiLU-conv3x3 with the conditioning added between.
+
+        h = conv1(SiLU(GN(x))) + W_c SiLU(c);   y = skip(x) + conv2(SiLU(GN(h)))
+
+    ``conv2`` starts at zero, so every block starts as (a projection of) the identity.
+    x: (B, c_in, H, W), c: (B, emb_dim) -> (B, c_out, H, W).
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))                     # (B, c_out, H, W)
+        h = h + self.emb(F.silu(c))[:, :, None, None]             # + the time (and class) vector
+        return self.skip(x) + self.conv2(F.silu(self.norm2(h)))
+
+
+class SpatialAttention(nn.Module):
+    """Self-attention over the ``H W`` positions of a feature map: ``x + Attention(GN(x))``.
+
+    x: (B, C, H, W) -> (B, C, H, W); the attention is :class:`Attention` on (B, H W, C) tokens.
+    """
+
+    def __init__(self, channels: int, heads: int, attn: AttnFactory = Attention):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.attn = attn(channels, heads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)               # (B, HW, C): one token per pixel
+        return x + self.attn(h).transpose(1, 2).reshape(B, C, H, W)
+
+
+class UNet(nn.Module):
+    """A small denoising U-Net (Ronneberger et al., 2015, as adapted by DDPM, Ho et al., 2020).
+
+    ``len(dim_mults)`` levels; level i has width ``dim * dim_mults[i]`` and ``depth``
+    :class:`ResBlock` s, and each level below the first halves the resolution (a stride-2
+    conv down, nearest upsampling + a conv to the width of the level above on the way up).
+    The bottleneck is ResBlock,
+    :class:`SpatialAttention` (``heads`` heads), ResBlock; on the way up each level
+    concatenates the skip of its level. The timestep (and label) vector, of width
+    ``4 dim``, enters every ResBlock. The output conv starts at zero.
+
+    ``model(x, t, y=None)``: x (B, in_channels, H, W), H and W divisible by 2^(levels - 1);
+    t (B,); y (B,) labels (needs ``num_classes``) -> (B, in_channels, H, W).
+    """
+
+    def __init__(self, in_channels: int = 1, dim: int = 32, depth: int = 1, heads: int = 4,
+                 dim_mults: Sequence[int] = (1, 2, 2), num_classes: int | None = None,
+                 class_dropout: float = 0.1):
+        super().__init__()
+        emb, widths = 4 * dim, [dim * m for m in dim_mults]
+        self.in_channels, self.levels, self.num_classes = in_channels, len(widths), num_classes
+        self.cond = ConditionEmbedding(emb, num_classes, class_dropout, freq_dim=max(64, dim))
+        self.stem = nn.Conv2d(in_channels, dim, 3, padding=1)
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        c = dim
+        for i, w in enumerate(widths):
+            self.down.append(nn.ModuleList([ResBlock(c if j == 0 else w, w, emb) for j in range(depth)]))
+            self.downsample.append(nn.Conv2d(w, w, 3, stride=2, padding=1)
+                                   if i < len(widths) - 1 else nn.Identity())
+            c = w
+        self.mid1, self.mid_attn, self.mid2 = ResBlock(c, c, emb), SpatialAttention(c, heads), ResBlock(c, c, emb)
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i in reversed(range(len(widths))):
+            w = widths[i]
+            self.up.append(nn.ModuleList([ResBlock(c + w if j == 0 else w, w, emb) for j in range(depth)]))
+            c = widths[i - 1] if i > 0 else w   # the upsampling conv goes to the next level's width
+            self.upsample.append(nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(w, c, 3, padding=1))
+                                 if i > 0 else nn.Identity())
+        self.out = nn.Sequential(nn.GroupNorm(_groups(c), c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        if x.shape[-1] % 2 ** (self.levels - 1) or x.shape[-2] % 2 ** (self.levels - 1):
+            raise ValueError(f"UNet with {self.levels} levels needs H and W divisible by "
+                             f"{2 ** (self.levels - 1)}; got {tuple(x.shape)} (pad the images)")
+        c = self.cond(t, y)                                       # (B, 4 dim)
+        h, skips = self.stem(x), []
+        for blocks, down in zip(self.down, self.downsample):
+            for block in blocks:
+                h = block(h, c)
+            skips.append(h)                                       # (B, w_i, H / 2^i, W / 2^i)
+            h = down(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, c)), c)
+        for blocks, up in zip(self.up, self.upsample):
+            h = torch.cat([h, skips.pop()], dim=1)                # (B, c + w_i, H / 2^i, W / 2^i)
+            for block in blocks:
+                h = block(h, c)
+            h = up(h)
+        return self.out(h)
+
+
+class DiTBlock(nn.Module):
+    """A transformer block with adaLN-Zero conditioning (Peebles & Xie, 2023, fig. 3).
+
+        shift1, scale1, gate1, shift2, scale2, gate2 = W SiLU(c)         (W starts at zero)
+        x = x + gate1 * attn(LN(x) (1 + scale1) + shift1)
+        x = x + gate2 * mlp(LN(x) (1 + scale2) + shift2)
+
+    The LayerNorms have no parameters of their own: c sets them. With W = 0 every gate is
+    0 and the block starts as the identity. x: (B, N, dim), c: (B, dim) -> (B, N, dim).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0,
+                 attn: AttnFactory = Attention, mlp: MlpFactory = FeedForward):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = attn(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = mlp(dim, int(dim * mlp_ratio))
+        self.ada = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c))[:, None].chunk(6, dim=-1)
+        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1)   # 6 x (B, 1, dim) above
+        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+
+class DiT(nn.Module):
+    """A small Diffusion Transformer (Peebles & Xie, 2023): a ViT on patches of x_t.
+
+    Patchify (``P x P`` patches, a conv with kernel = stride = P) to N = (H/P)(W/P) tokens,
+    add a learned position embedding, ``depth`` :class:`DiTBlock` s conditioned on
+    c = embedding of t (and y), a final adaLN-modulated LayerNorm and a zero-initialized
+    linear layer to P P C numbers per token, unpatchified back to the image.
+
+    ``model(x, t, y=None)``: x (B, in_channels, image_size, image_size), t (B,), y (B,)
+    -> (B, in_channels, image_size, image_size).
+    """
+
+    def __init__(self, image_size: int = 28, patch_size: int = 2, in_channels: int = 1,
+                 dim: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0,
+                 num_classes: int | None = None, class_dropout: float = 0.1,
+                 attn: AttnFactory = Attention, mlp: MlpFactory = FeedForward):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"DiT: image_size={image_size} is not a multiple of "
+                             f"patch_size={patch_size}; the patches must tile the image")
+        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
+        self.num_classes = num_classes
+        n = (image_size // patch_size) ** 2
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+        self.pos_embed = nn.Parameter(torch.randn(1, n, dim) * 0.02)
+        self.cond = ConditionEmbedding(dim, num_classes, class_dropout, freq_dim=max(64, dim))
+        self.blocks = nn.ModuleList([DiTBlock(dim, heads, mlp_ratio, attn, mlp) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Linear(dim, 2 * dim)
+        self.head = nn.Linear(dim, patch_size * patch_size * in_channels)
+        for layer in (self.ada, self.head):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        B, C, H, W = x.shape
+        if (C, H, W) != (self.in_channels, self.image_size, self.image_size):
+            raise ValueError(f"DiT expects (B, {self.in_channels}, {self.image_size}, "
+                             f"{self.image_size}); got {tuple(x.shape)}")
+        P = self.patch_size
+        c = self.cond(t, y)                                              # (B, dim)
+        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, dim)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.ada(F.silu(c))[:, None].chunk(2, dim=-1)      # 2 x (B, 1, dim)
+        h = self.head(self.norm(h) * (1 + scale) + shift)                # (B, N, P P C)
+        h = h.view(B, H // P, W // P, P, P, C).permute(0, 5, 1, 3, 2, 4)  # (B, C, H/P, P, W/P, P)
+        return h.reshape(B, C, H, W)
