@@ -36,7 +36,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-__all__ = ["SCALES", "device", "seed_all", "scale", "pick", "describe", "hardware",
+__all__ = ["cpu_features", "SCALES", "device", "seed_all", "scale", "pick", "describe", "hardware",
            "cpu_model", "dry_run", "trim", "set_precision", "precision", "amp_dtype"]
 
 SCALES: tuple[str, ...] = ("smoke", "cpu", "gpu")
@@ -224,6 +224,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
+              "amx_int8", "asimd", "asimddp", "bf16", "i8mm", "sve")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> str:
+    """The vector extensions this CPU reports that decide which fast kernels exist.
+
+    int8 and bf16 matmuls are fast only where the CPU has instructions for them (x86:
+    AVX-512 VNNI / BF16, AMX; arm64: dot-product, i8mm, bf16), so results of chapters 1
+    and 5 depend on this list: e.g. ``avx2 avx512f avx512_bf16 avx512_vnni``. Linux only
+    (the ``flags``/``Features`` line of ``/proc/cpuinfo``); elsewhere ``unknown``.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip().lower() in ("flags", "features"):
+                    have = set(value.split())
+                    return " ".join(x for x in _ISA_FLAGS if x in have) or "none of " + "/".join(_ISA_FLAGS[:4])
+    except OSError:
+        pass
+    return "unknown"
+
+
 def _machine_load() -> str:
     """``str(ml.bench.machine_load())``: a short sample of how busy the machine is."""
     from . import bench  # lazily: bench imports env
@@ -245,7 +270,8 @@ def hardware() -> dict[str, str]:
     """A small dict describing this machine and run, as strings.
 
     Keys: ``scale``, ``device``, ``accelerator`` (GPU name and memory, or ``none``),
-    ``cpu`` (architecture), ``cpu model`` (:func:`cpu_model`), ``cores``, ``torch
+    ``cpu`` (architecture), ``cpu model`` (:func:`cpu_model`), ``cpu features``
+    (:func:`cpu_features`), ``cores``, ``torch
     threads``, ``python``, ``torch``, ``precision`` (:func:`precision`), ``load`` (the
     machine load, ``ml.bench.machine_load()``) and ``dry run`` (``yes``/``no``). Training
     records (``ml.train.train_or_load``) store it, so a cached model says where it was
@@ -265,6 +291,7 @@ def hardware() -> dict[str, str]:
         "accelerator": accel,
         "cpu": platform.machine() or platform.processor(),
         "cpu model": cpu_model(),
+        "cpu features": cpu_features(),
         "cores": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
         "python": platform.python_version(),
@@ -287,7 +314,8 @@ def describe() -> None:
     first = ["DRY RUN (gpu-scale sizes, 2 steps per loop: the numbers mean nothing)"] \
         if dry_run() else []
     first += [f"{k}: {info[k]}" for k in ("scale", "device", "accelerator", "cpu model",
-                                          "cores", "torch threads", "python", "torch")]
+                                          "cpu features", "cores", "torch threads", "python",
+                                          "torch")]
     second = [f"precision: {info['precision']}", f"load: {info['load']}"]
     print(" | ".join(first))
     print(" | ".join(second))

@@ -178,3 +178,9 @@ def test_show_rejects_objects_without_source():
 
 def test_glue_returns_none_outside_notebooks():
     assert ml.glue("x", 1.5, ".2f") is None  # a cell ending with ml.glue(...) echoes nothing
+
+
+def test_cpu_features_lists_only_known_vector_extensions():
+    feats = ml.env.cpu_features()
+    assert isinstance(feats, str) and feats
+    assert ml.env.hardware()["cpu features"] == feats
