@@ -492,8 +492,10 @@ class SparseFFN(_TransposedDown):
         a = self.ffn.act(self.ffn.fc(x)).flatten(0, -2)               # (N, H)
         if self.threshold > 0:
             a = sparsify(a, self.threshold)                           # |a| <= t counts as zero
-        S = a.any(0).nonzero().squeeze(1)                             # (k,): neurons active for some token
-        y = torch.addmm(self.ffn.proj.bias, a[:, S], self.w2t()[S])  # (N, C) = b2 + sum_{i in S} a_i W2[:, i]
+        active = a[0] if a.shape[0] == 1 else a.any(0)                # (H,): nonzero for some token
+        S = active.nonzero().squeeze(1)                               # (k,): the active neurons
+        y = torch.addmm(self.ffn.proj.bias, a.index_select(1, S),    # (N, C) = b2 + sum_{i in S} a_i W2[:, i]
+                        self.w2t().index_select(0, S))
         return self.ffn.dropout(y).reshape(x.shape)
 
     def extra_repr(self) -> str:
@@ -520,8 +522,9 @@ class PredictedFFN(_TransposedDown):
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.flatten(0, -2)                                         # (N, C)
         S = (self.predictor(x2) > 0).any(0).nonzero().squeeze(1)      # (k,): predicted active neurons
-        a = self.ffn.act(F.linear(x2, self.ffn.fc.weight[S], self.ffn.fc.bias[S]))  # (N, k)
-        y = torch.addmm(self.ffn.proj.bias, a, self.w2t()[S])        # (N, C)
+        W1, b1 = self.ffn.fc.weight.index_select(0, S), self.ffn.fc.bias.index_select(0, S)
+        a = self.ffn.act(F.linear(x2, W1, b1))                        # (N, k): only the predicted rows
+        y = torch.addmm(self.ffn.proj.bias, a, self.w2t().index_select(0, S))  # (N, C)
         return self.ffn.dropout(y).reshape(x.shape)
 
 

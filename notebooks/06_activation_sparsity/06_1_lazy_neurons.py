@@ -28,14 +28,15 @@
 # models mostly use GELU {cite}`hendrycks2016gelu` or SiLU {cite}`elfwing2018silu`
 # instead, which are never exactly zero; Mirzadeh et al. {cite}`mirzadeh2024relu` argue that
 # this gives up the sparsity for little or no gain in quality. This notebook measures all of
-# it on chapter 1's CharGPT and ViT, trained with ReLU and with GELU by the same recipe.
+# it on chapter 1's CharGPT and ViT, trained with ReLU and with GELU by the same recipe
+# (the SiLU model, LLaMA's activation, comes in notebook 6.2, where it is ReLUfied).
 #
 # **Learning objectives.** After this notebook you can
 # 1. say where exact zeros come from (ReLU and a negative pre-activation) and compute the
 #    zero fraction of ReLU, GELU and SiLU for a Gaussian pre-activation;
 # 2. measure the fraction of exact and near-zero hidden activations of every FFN of a model
 #    with forward hooks, and check it against a hand-written forward pass;
-# 3. compare ReLU, GELU and SiLU models trained by the same recipe: quality and sparsity, per
+# 3. compare ReLU and GELU models trained by the same recipe: quality and sparsity, per
 #    layer, per token and per neuron;
 # 4. tell contextual sparsity (few neurons per token, different ones for different tokens)
 #    from dead neurons, and explain why only the first one needs a per-token mechanism;
@@ -115,7 +116,10 @@ plt.show()
 # %% [markdown]
 # At $\mu = 0$ half of the ReLU outputs are exactly zero and GELU and SiLU have far fewer
 # near-zeros: their band $|a| \le 0.05$ catches only the pre-activations close to 0 and the
-# far negative tail. As $\mu$ moves down, all three become sparse, ReLU exactly so.
+# far negative tail. As $\mu$ moves down, ReLU becomes exactly sparse and GELU's near-zeros
+# grow, since its negative lobe is shallow; SiLU's shrink at first, because its lobe is
+# deeper (its minimum, $-0.28$, is at $z \approx -1.28$): a SiLU neuron is near zero only
+# when its pre-activation is far below $-2$.
 #
 # ## 6.1.2 Counting lazy neurons
 #
@@ -157,13 +161,13 @@ ml.show(ml.sparsity.activation_sparsity)
 # %% tags=["nbval-check-output"]
 lib = ml.sparsity.activation_sparsity(gelu_gpt, [val[0]], threshold=0.05)
 err = max(abs(a - b) for a, b in zip(by_hand, lib.values()))
-print(f"{len(lib)} FFNs; hooks vs forward pass by hand: max difference < 1e-6: {err < 1e-6}")
+print(f"every FFN, hooks vs forward pass by hand: max difference < 1e-6: {err < 1e-6}")
 assert err < 1e-6 and not any(b.mlp.act._forward_hooks for b in gelu_gpt.blocks)
 
 # %% [markdown]
-# ## 6.1.3 ReLU, GELU and SiLU: one recipe, one part swapped
+# ## 6.1.3 ReLU against GELU: one recipe, one part swapped
 #
-# The ReLU and SiLU models are chapter 1's baselines with one argument changed,
+# The ReLU models are chapter 1's baselines with one argument changed,
 # `mlp=partial(ml.models.FeedForward, act=nn.ReLU)`: same data, steps, optimizer and seed.
 # They are trained once and cached (the `variant` name keys the cache), so notebooks 6.2
 # and 6.3 reuse them. The quality comparison is paired: the same validation characters
@@ -173,10 +177,7 @@ assert err < 1e-6 and not any(b.mlp.act._forward_hooks for b in gelu_gpt.blocks)
 
 # %%
 relu_mlp = partial(ml.models.FeedForward, act=nn.ReLU)
-silu_mlp = partial(ml.models.FeedForward, act=nn.SiLU)
-gpts = {"GELU": (gelu_gpt, gelu_rec),
-        "ReLU": ml.baselines.char_gpt(variant="relu", mlp=relu_mlp),
-        "SiLU": ml.baselines.char_gpt(variant="silu", mlp=silu_mlp)}
+gpts = {"GELU": (gelu_gpt, gelu_rec), "ReLU": ml.baselines.char_gpt(variant="relu", mlp=relu_mlp)}
 gelu_vit, gelu_vit_rec = ml.baselines.cifar_vit()
 vits = {"GELU": (gelu_vit, gelu_vit_rec), "ReLU": ml.baselines.cifar_vit(variant="relu", mlp=relu_mlp)}
 vit_cfg = gelu_vit_rec["config"]
@@ -193,7 +194,7 @@ for act, (model, rec) in gpts.items():
     losses = ml.sparsity.token_losses(model, val)
     gap, se = ml.sparsity.loss_gap(losses, ref_losses)
     per = {t: ml.sparsity.activation_sparsity(model, val, threshold=t) for t in thresholds}
-    gpt_layers[act] = list(per[0.0].values())
+    gpt_layers[act] = (list(per[0.0].values()), list(per[0.1].values()))
     rows.append({"model": "CharGPT", "FFN act": act, "quality": f"{losses.mean().item():.3f} nats",
                  "vs GELU": "" if act == "GELU" else f"{gap:+.3f} ± {se:.3f}",
                  **{f"|a| <= {t:g}": sum(per[t].values()) / len(per[t]) for t in thresholds}})
@@ -204,7 +205,7 @@ for act, (model, rec) in vits.items():
         vit_correct[act] = torch.cat([model(x).argmax(-1) == y for x, y in vit_test]).cpu()
     acc = vit_correct[act].float().mean().item()
     per = {t: ml.sparsity.activation_sparsity(model, vit_test, threshold=t) for t in thresholds}
-    vit_layers[act] = list(per[0.0].values())
+    vit_layers[act] = (list(per[0.0].values()), list(per[0.1].values()))
     rows.append({"model": "ViT", "FFN act": act,
                  "quality": f"{100 * acc:.1f} ± {100 * ml.bench.accuracy_se(acc, len(yt)):.1f} %",
                  "vs GELU": "" if act == "GELU" else f"p = {ml.bench.mcnemar(vit_correct['GELU'], vit_correct[act]):.2f} (McNemar)",
@@ -217,20 +218,16 @@ sparsity_table
 # %% tags=["remove-cell"]
 by = {(r["model"], r["FFN act"]): r for r in rows}
 gap_relu, se_relu = ml.sparsity.loss_gap(ml.sparsity.token_losses(gpts["ReLU"][0], val), ref_losses)
-gap_silu, se_silu = ml.sparsity.loss_gap(ml.sparsity.token_losses(gpts["SiLU"][0], val), ref_losses)
 ml.glue("s61_gpt_relu_zero", 100 * by[("CharGPT", "ReLU")]["|a| <= 0"], ".1f")
 ml.glue("s61_gpt_relu_nonzero", 100 - 100 * by[("CharGPT", "ReLU")]["|a| <= 0"], ".1f")
 ml.glue("s61_vit_relu_zero", 100 * by[("ViT", "ReLU")]["|a| <= 0"], ".1f")
 ml.glue("s61_vit_relu_nonzero", 100 - 100 * by[("ViT", "ReLU")]["|a| <= 0"], ".1f")
 ml.glue("s61_gpt_gelu_near", 100 * by[("CharGPT", "GELU")]["|a| <= 0.01"], ".1f")
 ml.glue("s61_gpt_gelu_near01", 100 * by[("CharGPT", "GELU")]["|a| <= 0.1"], ".1f")
-ml.glue("s61_gpt_silu_near01", 100 * by[("CharGPT", "SiLU")]["|a| <= 0.1"], ".1f")
 ml.glue("s61_vit_gelu_near01", 100 * by[("ViT", "GELU")]["|a| <= 0.1"], ".1f")
 ml.glue("s61_gap_relu", gap_relu, "+.3f")
 ml.glue("s61_se_relu", se_relu, ".3f")
-ml.glue("s61_gap_silu", gap_silu, "+.3f")
 ml.glue("s61_relu_verdict", ml.bench.quality_verdict(-gap_relu, se_relu))
-ml.glue("s61_silu_verdict", ml.bench.quality_verdict(-gap_silu, se_silu))
 ml.glue("s61_gelu_loss", ref_losses.mean().item(), ".3f")
 ml.glue("s61_vit_p", ml.bench.mcnemar(vit_correct["GELU"], vit_correct["ReLU"]), ".2f")
 ml.glue("s61_vit_acc_gelu", 100 * vit_correct["GELU"].float().mean().item(), ".1f")
@@ -242,26 +239,27 @@ ml.glue("s61_within_005", "within" if abs(gap_relu) + 2 * se_relu <= 0.05 else "
 # ({glue:}`s61_gpt_relu_nonzero`% nonzero), the ReLU ViT's {glue:}`s61_vit_relu_zero`%. The
 # GELU model has hardly any exact zeros, and its near-zeros depend on what "near" means:
 # {glue:}`s61_gpt_gelu_near`% of its activations are within 0.01 of zero and
-# {glue:}`s61_gpt_gelu_near01`% within 0.1 (SiLU: {glue:}`s61_gpt_silu_near01`%). The price
+# {glue:}`s61_gpt_gelu_near01`% within 0.1. The price
 # of ReLU in quality: its validation loss differs from GELU's by {glue:}`s61_gap_relu` ±
 # {glue:}`s61_se_relu` nats ({glue:}`s61_relu_verdict`; positive means worse), which is
-# {glue:}`s61_within_005` the 0.05 nats this chapter allows itself; SiLU:
-# {glue:}`s61_gap_silu` ({glue:}`s61_silu_verdict`). For the ViT, ReLU reaches
+# {glue:}`s61_within_005` the 0.05 nats this chapter allows itself. For the ViT, ReLU reaches
 # {glue:}`s61_vit_acc_relu`% against GELU's {glue:}`s61_vit_acc_gelu`% (McNemar's test on
 # the same images: p = {glue:}`s61_vit_p`). These are small models trained for minutes;
 # the papers' sparsities come from models trained for days, and the next sections show
 # that sparsity keeps growing with training.
 #
-# **Per layer.** Li et al. find sparsity at all depths. Here, per FFN:
+# **Per layer.** Li et al. find sparsity at all depths. Here, per FFN, exact zeros (solid)
+# and activations within 0.1 of zero (dashed):
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
 for ax, (name, layers) in zip(axes, [("CharGPT", gpt_layers), ("ViT", vit_layers)]):
-    for act, values in layers.items():
-        ax.plot(range(1, len(values) + 1), [100 * v for v in values], marker="o", label=act)
-    ax.set(xlabel="block", ylabel="exact zeros (%)", ylim=(0, 100), title=name,
-           xticks=range(1, len(values) + 1))
-    ax.legend()
+    for i, (act, (zeros, near)) in enumerate(layers.items()):
+        blocks = range(1, len(zeros) + 1)
+        ax.plot(blocks, [100 * v for v in zeros], marker="o", color=f"C{i}", label=f"{act}, a = 0")
+        ax.plot(blocks, [100 * v for v in near], marker=".", linestyle="--", color=f"C{i}", label=f"{act}, |a| <= 0.1")
+    ax.set(xlabel="block", ylabel="activations (%)", ylim=(0, 100), title=name, xticks=list(blocks))
+    ax.legend(fontsize=7)
 fig.tight_layout()
 plt.show()
 
@@ -324,7 +322,7 @@ ml.glue("s61_tokens", neuron_rows[0]["tokens"], ",")
 # **The ViT's tokens.** Its class token (the one the head reads) and the 64 patch tokens
 # play different roles. Is one of them lazier?
 
-# %% tags=["nbval-check-output"]
+# %%
 relu_vit = vits["ReLU"][0]
 images = next(iter(vit_test))[0][:64]
 acts_vit = ml.sparsity.hidden_activations(relu_vit, images)
@@ -336,6 +334,18 @@ for name, a in acts_vit.items():
 print("hidden activations per ViT block:", tuple(next(iter(acts_vit.values())).shape[1:]))
 ml.bench.Table(vit_tok_rows, title="ReLU ViT: fraction of neurons active, class token vs patch tokens",
                formats={k: "{:.1%}" for k in vit_tok_rows[0] if k != "FFN"})
+
+# %% tags=["remove-cell"]
+cls_mean = sum(r["class token: active"] for r in vit_tok_rows) / len(vit_tok_rows)
+patch_mean = sum(r["patch tokens: active"] for r in vit_tok_rows) / len(vit_tok_rows)
+ml.glue("s61_cls_active", 100 * cls_mean, ".1f")
+ml.glue("s61_patch_active", 100 * patch_mean, ".1f")
+ml.glue("s61_cls_word", "lazier" if cls_mean < patch_mean - 0.01 else ("busier" if cls_mean > patch_mean + 0.01 else "about as active"))
+
+# %% [markdown]
+# Averaged over the blocks, the class token activates {glue:}`s61_cls_active`% of the
+# neurons and a patch token {glue:}`s61_patch_active`%: the class token is
+# {glue:}`s61_cls_word` than the patches (64 images; one token per image against 64).
 
 # %% [markdown]
 # ## 6.1.5 How sparsity emerges during training, and width
@@ -351,7 +361,7 @@ ml.bench.Table(vit_tok_rows, title="ReLU ViT: fraction of neurons active, class 
 # %%
 base_cfg = ml.baselines.config("char_gpt")
 widths = ml.trim(ml.pick(smoke=[16, 32], cpu=[32, 64, 128], gpu=[96, 192, 384]))
-track_steps = ml.pick(smoke=20, cpu=300, gpu=400)
+track_steps = ml.pick(smoke=20, cpu=240, gpu=400)
 track_every = max(1, track_steps // 10)
 probe = val[:ml.pick(smoke=2, cpu=5, gpu=10)]
 
@@ -424,7 +434,7 @@ ml.glue("s61_width_trend", "sparser" if wide_vs > 0.01 else ("less sparse" if wi
 # | --- | --- | --- |
 # | {cite}`li2023lazy` | ReLU MLP activations of trained transformers are sparse: 3.0% nonzero in T5-Base, 6.3% in ViT-B/16 | ReLU CharGPT {glue:}`s61_gpt_relu_nonzero`% nonzero, ReLU ViT {glue:}`s61_vit_relu_nonzero`% |
 # | {cite}`li2023lazy` | sparsity emerges during training (not at init) and larger models are sparser | {glue:}`s61_init_zero`% zeros at init; after {glue:}`s61_track_steps` steps width {glue:}`s61_narrow`: {glue:}`s61_narrow_end`%, width {glue:}`s61_wide`: {glue:}`s61_wide_end`% |
-# | {cite}`mirzadeh2024relu` | ReLU has a negligible impact on quality compared with GELU and SiLU | CharGPT: ReLU {glue:}`s61_gap_relu` ± {glue:}`s61_se_relu` nats vs GELU ({glue:}`s61_relu_verdict`), SiLU {glue:}`s61_gap_silu`; ViT: {glue:}`s61_vit_acc_relu`% vs {glue:}`s61_vit_acc_gelu`% |
+# | {cite}`mirzadeh2024relu` | ReLU has a negligible impact on quality compared with GELU and SiLU | CharGPT: ReLU {glue:}`s61_gap_relu` ± {glue:}`s61_se_relu` nats vs GELU ({glue:}`s61_relu_verdict`); ViT: {glue:}`s61_vit_acc_relu`% vs {glue:}`s61_vit_acc_gelu`% |
 # | {cite}`liu2023dejavu` | the sparsity is contextual: a small, input-dependent set of neurons per token | {glue:}`s61_tok_median`% of neurons per token, {glue:}`s61_dead`% never active, 64 tokens touch {glue:}`s61_union64`% |
 #
 # Our models are orders of magnitude smaller and shorter-trained than T5-Base or ViT-B/16
@@ -523,7 +533,7 @@ ml.bench.Table([{"model": "ReLU CharGPT", "real data": by[("CharGPT", "ReLU")]["
 # %% [markdown]
 # ## Key takeaways
 #
-# - ReLU FFNs of trained transformers are mostly zeros, exactly; GELU and SiLU give near-zeros
+# - ReLU FFNs of trained transformers are mostly zeros, exactly; GELU gives near-zeros
 #   whose number depends on the threshold. The quality cost of ReLU at this scale is the
 #   paired gap in the table, measured with its spread.
 # - Sparsity is learned: one half at initialization, more after training, at every depth.

@@ -255,9 +255,10 @@ ml.glue("s63_sparse_ffn_us", 1e6 * relu_cmp.candidate.median / (n_tok * len(toke
 # FFNs runs at {glue:}`s63_step_speedup`x ({glue:}`s63_step_lo`-{glue:}`s63_step_hi`x,
 # {glue:}`s63_step_verdict`): the FFNs are only part of a step. At $C$ = {glue:}`s63_C`,
 # $W_1$ and $W_2$ are small enough to sit in the CPU's caches, and a dense FFN is three
-# operator calls; the sparse one needs six or seven (the threshold test, `nonzero`, two
-# gathers, the product), and at this size their fixed costs weigh as much as the work they
-# save. Where is the break-even?
+# operator calls (two products and the activation); the sparse one needs six (a
+# `nonzero` and two gathers besides the first product, the activation and a smaller second
+# product), and at this size the fixed cost of each call weighs as much as the work the
+# smaller product saves. Where is the break-even?
 #
 # ## 6.3.4 Break-even sparsity, measured
 #
@@ -443,7 +444,7 @@ sparsifier.prepare(layer, [{"tensor_fqn": "0.weight"}])
 sparsifier.step()
 mask = ml.sparsity.prune_2_4(w)
 same = torch.equal(mask, layer[0].parametrizations.weight[0].mask.bool())
-print(f"2:4 mask of a {tuple(w.shape)} weight: 2 of every 4 kept: {bool((mask.reshape(-1, 4).sum(1) == 2).all())}; "
+print(f"2:4 mask of the first FFN weight: 2 of every 4 kept: {bool((mask.reshape(-1, 4).sum(1) == 2).all())}; "
       f"equal to torch.ao's WeightNormSparsifier: {same}")
 assert same
 
