@@ -3,10 +3,8 @@
 Quantization stores a float tensor ``x`` as small integers ``q`` on a uniform grid and
 two parameters, a *scale* ``s`` and a *zero point* ``z``:
 
-.. math::
-
-    q = \\mathrm{clamp}\\big(\\mathrm{round}(x / s) + z,\\; q_{min},\\; q_{max}\\big),
-    \\qquad \\hat x = (q - z)\\, s .
+    q     = clamp(round(x / s) + z, q_min, q_max)
+    x_hat = (q - z) s
 
 Everything in this module is a variation on those two lines:
 
@@ -21,7 +19,7 @@ simulated quantization         :func:`fake_quant` (straight-through gradient, as
 post-training quantization     :func:`choose_range` (minmax / percentile / mse),
                                :func:`calibrate`, :class:`QuantLinear`, :class:`QuantConv2d`,
                                :func:`quantize_model`
-integer kernels                :func:`int8_matmul` (``torch._int_mm`` on CUDA)
+integer kernels                :func:`int8_matmul` (``torch._int_mm`` where it works)
 outliers and weight-only       :func:`smooth_quant_scales` (SmoothQuant), :func:`gptq_quantize`
                                (GPTQ), :func:`lorc` (ZeroQuant-V2 low-rank compensation)
 floating-point formats         :func:`fp8_round_trip`, :func:`fp4_e2m1`, :func:`fp4_e2m1_round`
@@ -1061,6 +1059,22 @@ def calibrate(
 # Outliers: SmoothQuant scales
 # ---------------------------------------------------------------------------------------
 
+def _check_smooth_quant(act_absmax: torch.Tensor, weight: Any, alpha: float) -> None:
+    if isinstance(weight, (list, tuple)):
+        raise ValueError("smooth_quant_scales: weight is an empty list")
+    _check_float(weight, "smooth_quant_scales", "weight")
+    _check_float(act_absmax, "smooth_quant_scales", "act_absmax")
+    if weight.ndim != 2:
+        raise ValueError(f"smooth_quant_scales: weight must be (out, in), got shape {tuple(weight.shape)}")
+    if act_absmax.shape != (weight.shape[1],):
+        raise ValueError(
+            f"smooth_quant_scales: act_absmax has shape {tuple(act_absmax.shape)}, expected "
+            f"({weight.shape[1]},) = one value per input channel of the weight"
+        )
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"smooth_quant_scales: alpha must be in [0, 1], got {alpha}")
+
+
 def smooth_quant_scales(
     act_absmax: torch.Tensor,
     weight: torch.Tensor | Sequence[torch.Tensor],
@@ -1073,8 +1087,8 @@ def smooth_quant_scales(
     SmoothQuant migrates the difficulty: for ``Y = X W^T`` with ``X: (N, in)`` and
     ``W: (out, in)``,
 
-    .. math:: Y = (X \\,\\mathrm{diag}(s)^{-1}) \\,(W \\,\\mathrm{diag}(s))^T,
-              \\qquad s_j = \\frac{\\max|X_j|^{\\alpha}}{\\max|W_{:,j}|^{1-\\alpha}},
+        Y   = (X diag(s)^-1) (W diag(s))^T
+        s_j = max|X_:,j|^alpha / max|W_:,j|^(1 - alpha)
 
     which is exact in float; ``alpha`` sets how much of the range moves from activations to
     weights (0.5 balances them). ``X / s`` is usually folded into the previous LayerNorm.
@@ -1089,21 +1103,9 @@ def smooth_quant_scales(
         ``s``: ``(in,)``; use ``x / s`` and ``weight * s``. Clamped to >= 1e-5 like the
         reference implementation.
     """
-    if isinstance(weight, (list, tuple)):
-        if not weight:
-            raise ValueError("smooth_quant_scales: weight is an empty list")
-        weight = torch.cat([w.detach() for w in weight], dim=0)
-    _check_float(weight, "smooth_quant_scales", "weight")
-    _check_float(act_absmax, "smooth_quant_scales", "act_absmax")
-    if weight.ndim != 2:
-        raise ValueError(f"smooth_quant_scales: weight must be (out, in), got shape {tuple(weight.shape)}")
-    if act_absmax.shape != (weight.shape[1],):
-        raise ValueError(
-            f"smooth_quant_scales: act_absmax has shape {tuple(act_absmax.shape)}, expected "
-            f"({weight.shape[1]},) = one value per input channel of the weight"
-        )
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"smooth_quant_scales: alpha must be in [0, 1], got {alpha}")
+    if isinstance(weight, (list, tuple)):  # q, k, v projections sharing one input
+        weight = torch.cat([w.detach() for w in weight], dim=0) if weight else weight
+    _check_smooth_quant(act_absmax, weight, alpha)
     w_absmax = weight.detach().abs().amax(dim=0).clamp(min=1e-5)  # max over outputs: (in,)
     a = act_absmax.detach().abs().to(w_absmax.dtype)
     return (a.pow(alpha) / w_absmax.pow(1.0 - alpha)).clamp(min=1e-5)
@@ -1113,36 +1115,64 @@ def smooth_quant_scales(
 # Integer GEMM
 # ---------------------------------------------------------------------------------------
 
-_INT_MM_MAX_K = 2 ** 17  # |a*b| <= 2^14, so an int32 sum of K terms is exact up to K = 2^17
+# The largest |a b| of two int8 codes is (-128)(-128) = 2^14, so a sum of K products stays
+# within int32 (at most 2^31 - 1) for K <= (2^31 - 1) / 2^14, i.e. K <= 2^17 - 1: at
+# K = 2^17 the all -128 product is 2^31, which wraps to -2^31.
+_INT_MM_MAX_K = 2 ** 17 - 1
+
+# Shapes torch._int_mm accepts, per device type: (at least this many rows M, K and N
+# multiples of this). cuBLAS wants M > 16 and K, N multiples of 8; the CPU kernel takes
+# any shape. Other devices get the CUDA constraints. The inputs are zero-padded to them.
+_INT_MM_SHAPES: dict[str, tuple[int, int]] = {"cpu": (1, 1)}
+_INT_MM_WORKS: dict[str, bool] = {}  # device -> does torch._int_mm give exact results there
+
+
+def _int_mm_padded(a_q: torch.Tensor, b_q: torch.Tensor) -> torch.Tensor:
+    """``torch._int_mm(a_q, b_q)`` after zero-padding to the device's shape constraints."""
+    (M, K), N = a_q.shape, b_q.shape[1]
+    min_rows, align = _INT_MM_SHAPES.get(a_q.device.type, (17, 8))
+    Mp, Kp, Np = max(M, min_rows), -(-K // align) * align, -(-N // align) * align
+    a_p = F.pad(a_q, (0, Kp - K, 0, Mp - M)) if (Mp, Kp) != (M, K) else a_q
+    b_p = F.pad(b_q, (0, Np - N, 0, Kp - K)) if (Kp, Np) != (K, N) else b_q
+    if a_q.device.type != "cpu" and b_p.stride(0) != 1:  # cuBLASLt's int8 path: B column-major
+        b_p = b_p.t().contiguous().t()
+    out = torch._int_mm(a_p, b_p)
+    return out if (Mp, Np) == (M, N) else out[:M, :N]
+
+
+def _int_mm_works(device: torch.device) -> bool:
+    """Whether ``torch._int_mm`` exists on ``device`` and is exact there (checked once).
+
+    The check multiplies a small matrix pair that needs padding and holds the extreme
+    codes, and compares with the int64 product; any error means "use the fallback".
+    """
+    key = str(device)
+    if key not in _INT_MM_WORKS:
+        ok = hasattr(torch, "_int_mm") and device.type != "meta"
+        if ok:
+            try:
+                g = torch.Generator().manual_seed(0)
+                a = torch.randint(-128, 128, (3, 20), generator=g, dtype=torch.int8)
+                b = torch.randint(-128, 128, (20, 5), generator=g, dtype=torch.int8)
+                a[0], b[:, 0] = -128, -128
+                got = _int_mm_padded(a.to(device), b.to(device)).cpu()
+                ok = got.dtype == torch.int32 and torch.equal(got.long(), a.long() @ b.long())
+            except (RuntimeError, NotImplementedError, TypeError, ValueError):
+                ok = False
+        _INT_MM_WORKS[key] = ok
+    return _INT_MM_WORKS[key]
 
 
 def int8_matmul_backend(device: torch.device | str = "cpu") -> str:
-    """Which path :func:`int8_matmul` takes on ``device``: the cuBLAS int8 GEMM or the fallback."""
-    if torch.device(device).type == "cuda" and hasattr(torch, "_int_mm"):
-        return "torch._int_mm (cuBLAS int8 GEMM, int32 accumulate)"
+    """Which path :func:`int8_matmul` takes on ``device``: ``torch._int_mm`` or the fallback."""
+    device = torch.device(device)
+    if _int_mm_works(device):
+        lib = {"cuda": "cuBLAS", "cpu": "CPU"}.get(device.type, device.type)
+        return f"torch._int_mm ({lib} int8 GEMM, int32 accumulate)"
     return "int32 matmul fallback (exact, not faster than float)"
 
 
-def int8_matmul(a_q: torch.Tensor, b_q: torch.Tensor) -> torch.Tensor:
-    """Exact integer matrix product ``C = A B`` of int8 matrices, accumulated in int32.
-
-    The core of W8A8 inference (LLM.int8, Dettmers et al. 2022; SmoothQuant): with
-    ``A = round(X / s_x)`` per row and ``B = round(W^T / s_w)`` per column,
-    ``X W^T ~= diag(s_x) (A B) diag(s_w)``; the int32 product is rescaled once at the end.
-
-    On CUDA this calls ``torch._int_mm`` (cuBLAS int8 tensor cores). That kernel wants more
-    than 16 rows and ``K``, ``N`` multiples of 8, so the inputs are zero-padded (which does
-    not change the product) and the result cropped; ``B`` is passed column-major. On the
-    CPU (and other devices) it falls back to an exact int32 matmul, which is correct but no
-    faster than float: see :func:`int8_matmul_backend`.
-
-    Args:
-        a_q: ``(M, K)`` int8.
-        b_q: ``(K, N)`` int8 (for a weight ``(N, K)``, pass ``w_q.t()``).
-
-    Returns:
-        ``(M, N)`` int32, exact (``K <= 2^17``).
-    """
+def _check_int8_matmul(a_q: torch.Tensor, b_q: torch.Tensor) -> None:
     for name, t in (("a_q", a_q), ("b_q", b_q)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int8:
             raise TypeError(
@@ -1158,14 +1188,30 @@ def int8_matmul(a_q: torch.Tensor, b_q: torch.Tensor) -> torch.Tensor:
     if a_q.device != b_q.device:
         raise ValueError(f"int8_matmul: a_q is on {a_q.device} but b_q on {b_q.device}")
     if K > _INT_MM_MAX_K:
-        raise ValueError(f"int8_matmul: K={K} > {_INT_MM_MAX_K} could overflow the int32 accumulator")
-    if a_q.is_cuda and hasattr(torch, "_int_mm"):
-        Mp, Kp, Np = max(M, 17), -(-K // 8) * 8, -(-N // 8) * 8
-        a_p = F.pad(a_q, (0, Kp - K, 0, Mp - M)) if (Mp, Kp) != (M, K) else a_q.contiguous()
-        b_p = F.pad(b_q, (0, Np - N, 0, Kp - K)) if (Kp, Np) != (K, N) else b_q
-        if b_p.stride(0) != 1:  # cuBLASLt's fast int8 path wants B column-major
-            b_p = b_p.t().contiguous().t()
-        return torch._int_mm(a_p, b_p)[:M, :N]
+        raise ValueError(f"int8_matmul: K={K} > 2^17 - 1 = {_INT_MM_MAX_K} could overflow the "
+                         f"int32 accumulator; split K and add the int32 partial products in int64")
+
+
+def int8_matmul(a_q: torch.Tensor, b_q: torch.Tensor) -> torch.Tensor:
+    """Exact integer matrix product ``C = A B`` of int8 matrices, accumulated in int32.
+
+    The core of W8A8 inference (LLM.int8, Dettmers et al. 2022; SmoothQuant):
+
+        A = round(X / s_x) per row,   B = round(W^T / s_w) per column
+        X W^T ~= diag(s_x) (A B) diag(s_w)
+
+    so the int32 product is rescaled once at the end. This calls ``torch._int_mm`` (an
+    int8 GEMM: cuBLAS on CUDA, a native kernel on CPU) wherever it exists and passes an
+    exactness check, zero-padding to its shape constraints (CUDA: M > 16, K and N
+    multiples of 8); elsewhere an exact int32 matmul, no faster than float
+    (:func:`int8_matmul_backend` says which). A column-major ``B`` is fastest.
+
+    a_q: ``(M, K)`` int8; b_q: ``(K, N)`` int8 (for a weight ``(N, K)``, pass ``w_q.t()``).
+    Returns ``(M, N)`` int32, exact for ``K <= 2^17 - 1``.
+    """
+    _check_int8_matmul(a_q, b_q)
+    if _int_mm_works(a_q.device):
+        return _int_mm_padded(a_q, b_q)
     a32, b32 = a_q.to("cpu", torch.int32), b_q.to("cpu", torch.int32)
     return (a32 @ b32).to(a_q.device)
 
@@ -1173,6 +1219,25 @@ def int8_matmul(a_q: torch.Tensor, b_q: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 # Weight-only quantization: GPTQ and low-rank compensation
 # ---------------------------------------------------------------------------------------
+
+def _check_gptq(weight: torch.Tensor, hessian: torch.Tensor, group_size: int | None,
+                block_size: int, damp: float) -> None:
+    _check_float(weight, "gptq_quantize", "weight")
+    _check_float(hessian, "gptq_quantize", "hessian")
+    if weight.ndim != 2:
+        raise ValueError(f"gptq_quantize: weight must be (out, in), got shape {tuple(weight.shape)}")
+    n_in = weight.shape[1]
+    if hessian.shape != (n_in, n_in):
+        raise ValueError(
+            f"gptq_quantize: hessian has shape {tuple(hessian.shape)}, expected ({n_in}, {n_in}) "
+            f"= 2/N X^T X of the layer inputs X (N, {n_in})"
+        )
+    _check_layout(weight, None, group_size, "gptq_quantize")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"gptq_quantize: block_size must be a positive integer, got {block_size!r}")
+    if damp < 0:
+        raise ValueError(f"gptq_quantize: damp must be >= 0, got {damp}")
+
 
 def gptq_quantize(
     weight: torch.Tensor,
@@ -1190,7 +1255,7 @@ def gptq_quantize(
     (times 2/N): it quantizes input column ``j`` of ``W``, then spreads that column's error
     over the columns not yet quantized, the Optimal Brain Surgeon update
 
-    .. math:: \\delta W_{:, j:} = -\\frac{w_{:,j} - q_{:,j}}{[U]_{jj}} \\,[U]_{j, j:},
+        delta W_:,j: = -(w_:,j - q_:,j) / U_jj * U_j,j:
 
     where ``U`` is the upper Cholesky factor of ``H^{-1}`` (its rows are the inverse
     Hessians of the remaining columns, computed once). Updates are applied lazily in
@@ -1215,21 +1280,8 @@ def gptq_quantize(
         (``group_size=None``) or ``group_size=g``: ``dequantize(q, scale, zero_point,
         axis=0 | group_size=g)`` is the quantized weight.
     """
-    _check_float(weight, "gptq_quantize", "weight")
-    _check_float(hessian, "gptq_quantize", "hessian")
-    if weight.ndim != 2:
-        raise ValueError(f"gptq_quantize: weight must be (out, in), got shape {tuple(weight.shape)}")
+    _check_gptq(weight, hessian, group_size, block_size, damp)
     n_out, n_in = weight.shape
-    if hessian.shape != (n_in, n_in):
-        raise ValueError(
-            f"gptq_quantize: hessian has shape {tuple(hessian.shape)}, expected ({n_in}, {n_in}) "
-            f"= 2/N X^T X of the layer inputs X (N, {n_in})"
-        )
-    _check_layout(weight, None, group_size, "gptq_quantize")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"gptq_quantize: block_size must be a positive integer, got {block_size!r}")
-    if damp < 0:
-        raise ValueError(f"gptq_quantize: damp must be >= 0, got {damp}")
     qmin, qmax = qrange(bits, symmetric)
 
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
@@ -2047,7 +2099,8 @@ def quantized_bytes(model: nn.Module, scale_bits: int = 32) -> int:
       ``scale_bits`` scale per row or group and, for asymmetric grids, one ``w_bits`` zero
       point per scale; the bias and activation ranges at their own size.
     * :class:`LoRCLinear`: its base layer as above plus ``factor_bits`` per factor entry
-      and one scale per factor row (float factors at their own size).
+      and one scale per factor row (float factors at their own size); rank 0 costs
+      exactly what its base layer costs.
     * :class:`WeightOnlyLinear`: the bytes its buffers really hold.
     * Everything else (embeddings, norms, float layers): ``numel * element_size``.
 
@@ -2068,8 +2121,8 @@ def quantized_bytes(model: nn.Module, scale_bits: int = 32) -> int:
                 if t is not None:
                     special[id(t)] = 0  # counted with the weight
         elif isinstance(m, LoRCLinear) and m.factor_bits is not None:
-            for f in (m.U, m.V):
-                special[id(f)] = m.factor_bits * f.numel() + scale_bits * f.shape[0]
+            for f in (m.U, m.V):  # one scale per factor row; rank 0: no factors, no scales
+                special[id(f)] = (m.factor_bits * f.numel() + scale_bits * f.shape[0]) if f.numel() else 0
     tensors = list(model.parameters()) + list(model.buffers())
     bits = sum(special.get(id(t), 8 * t.numel() * t.element_size()) for t in tensors)
     return int(math.ceil(bits / 8))

@@ -5,16 +5,20 @@ one ``scale`` times larger on each side. Papers compare on a fixed protocol, and
 is only comparable when every step of the protocol is the same, so this module holds the
 protocol as well as the networks:
 
-1. **Degrade**: ``hr = modcrop(img, s)`` (sizes divisible by ``s``), then
-   ``lr = quantize(imresize(hr, 1/s))``: MATLAB's bicubic ``imresize`` with antialiasing,
-   rounded to 8-bit levels as if it were saved to disk (:func:`make_pair`).
-2. **Upscale**: bicubic (``imresize(lr, s)``, the baseline) or a network.
-3. **Measure**: quantize the output to 8-bit levels, convert both images to the luma
-   channel Y of ITU-R BT.601 (MATLAB's ``rgb2ycbcr``), crop ``s`` pixels off each border,
-   then PSNR and SSIM (:func:`psnr`, :func:`ssim`, :func:`evaluate`).
+1. **Degrade**: ``hr = modcrop(hr_y(img), s)``: the luma Y of ITU-R BT.601 on 8-bit
+   levels, as MATLAB's ``rgb2ycbcr`` computes it from the uint8 file (a grayscale file is
+   its own Y), cropped to sizes divisible by ``s``; then ``lr = imresize(hr, 1/s)``:
+   MATLAB's bicubic ``imresize`` with antialiasing, kept in float (:func:`make_pair`).
+2. **Upscale**: bicubic (``imresize(lr, s)``, the baseline) or a network, on Y.
+3. **Measure**: round the output to 8-bit levels (:func:`quantize`), crop ``s`` pixels off
+   each border, then PSNR and SSIM on Y (:func:`psnr`, :func:`ssim`, :func:`evaluate`).
 
-With these steps the bicubic baseline on Set5 reads 33.66 / 30.39 / 28.42 dB at x2/x3/x4,
-the numbers printed in SRCNN, FSRCNN, VDSR, EDSR and most papers since.
+This is the "Y-first" protocol of the SRCNN and VDSR MATLAB scripts. With it the bicubic
+baseline reproduces the published rows at their printed precision (PSNR and SSIM; Set5
+33.66 / 30.39 / 28.42 dB at x2/x3/x4, see :data:`PUBLISHED_BICUBIC`). The other common
+convention, ``protocol="rgb-first"``, degrades the RGB image, rounds the LR image to 8
+bits as a saved LR file would be, and takes Y only at the end; it reads bicubic on Set5
+0.01-0.02 dB higher (notebook 8.1 measures how each convention moves the number).
 
 Networks (all small and fully convolutional, so any image size works):
 
@@ -73,8 +77,8 @@ from torch import Tensor
 
 __all__ = [
     # color and the evaluation protocol
-    "rgb_to_y", "rgb_to_ycbcr", "ycbcr_to_rgb", "quantize", "modcrop",
-    "psnr", "ssim", "make_pair", "evaluate",
+    "rgb_to_y", "rgb_to_ycbcr", "ycbcr_to_rgb", "quantize", "modcrop", "hr_y",
+    "psnr", "ssim", "make_pair", "evaluate", "PROTOCOLS", "EVAL_SETS", "PUBLISHED_BICUBIC",
     # resizing and sub-pixel shuffling
     "imresize", "resize_weights", "pixel_shuffle",
     # networks
@@ -210,6 +214,32 @@ def modcrop(img: Tensor, scale: int) -> Tensor:
     if h < scale or w < scale:
         raise ValueError(f"modcrop: image {h}x{w} is smaller than scale {scale}")
     return img[..., : h - h % scale, : w - w % scale]
+
+
+def _check_hr(img: Tensor, who: str) -> None:
+    if not isinstance(img, Tensor) or img.dim() not in (3, 4) or img.shape[-3] not in (1, 3):
+        got = list(img.shape) if isinstance(img, Tensor) else type(img).__name__
+        raise ValueError(f"{who} expects an HR image (C, H, W) or (B, C, H, W) with C = 3 (RGB) "
+                         f"or 1 (grayscale), got {got}; images are channels-first")
+    if img.dtype != torch.uint8 and not torch.is_floating_point(img):
+        raise TypeError(f"{who} expects a uint8 image or a float one in [0, 1], got {img.dtype}")
+
+
+def hr_y(img: Tensor) -> Tensor:
+    """The Y an SR benchmark measures: MATLAB's ``rgb2ycbcr`` on the uint8 image, on 8-bit levels.
+
+        Y = floor(16 + 65.481 R + 128.553 G + 24.966 B + 0.5) / 255      R, G, B = uint8 / 255
+
+    A 1-channel image (a grayscale file such as Set14's bridge, read with
+    ``ml.data.sr_images(name, keep_gray=True)``) is its own Y, as in the papers' scripts
+    (``if size(im, 3) > 1, im = rgb2ycbcr(im)``). ``img``: uint8, or float on 8-bit levels,
+    ``(C, H, W)`` / ``(B, C, H, W)``, C = 3 or 1. Returns Y ``(1, H, W)`` / ``(B, 1, H, W)``,
+    float32 (float input: its dtype).
+    """
+    _check_hr(img, "hr_y")
+    x = img.to(torch.float64) / 255 if img.dtype == torch.uint8 else img.to(torch.float64)
+    y = x if x.shape[-3] == 1 else torch.floor(rgb_to_y(x) * 255 + 0.5) / 255
+    return y.to(torch.float32 if img.dtype == torch.uint8 else img.dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -434,47 +464,105 @@ def _to_float(img: Tensor) -> Tensor:
     return img.float() / 255 if img.dtype == torch.uint8 else img
 
 
-def make_pair(hr: Tensor, scale: int) -> tuple[Tensor, Tensor]:
-    """The ``(hr, lr)`` pair of an SR benchmark: ``modcrop``, then bicubic down, then ``quantize``.
+PROTOCOLS: tuple[str, ...] = ("y-first", "rgb-first")
+EVAL_SETS: tuple[str, ...] = ("Set5", "Set14", "BSD100")
 
-    ``hr = modcrop(hr, s)``, ``lr = quantize(imresize(hr, 1 / s))``.
+# Bicubic on Y, shave = scale: (PSNR dB, SSIM) as printed. Set5 and Set14: SRCNN (TPAMI
+# 2016) and most papers since; BSD100: VDSR (CVPR 2016) and its successors (SRCNN reports
+# BSD200 instead). With protocol="y-first" the offline copies read (x2 / x3 / x4):
+#   Set5    33.661 / 0.92988   30.392 / 0.86821   28.421 / 0.81037   every digit printed
+#   Set14   30.232 / 0.86865   27.541 / 0.77361   26.000 / 0.70186   every digit printed
+#   BSD100  29.558 / 0.84310   27.207 / 0.73844   25.961 / 0.66738   PSNR printed; SSIM
+#                                                 1e-4 below at x3, x4 (VDSR's SSIM code)
+# Set14 used to read ~0.1 dB high: its bridge is an 8-bit grayscale file, which MATLAB
+# reads as one channel and the papers' scripts use as its own Y. Made RGB and converted,
+# it becomes Y = 16 + 219/255 v, every error shrinks by 219/255, and bridge reads 1.32 dB
+# higher (x2: 27.892 instead of 26.575 dB), +0.094 dB on the mean of 14 images.
+PUBLISHED_BICUBIC: dict[str, dict[int, tuple[float, float]]] = {
+    "Set5": {2: (33.66, 0.9299), 3: (30.39, 0.8682), 4: (28.42, 0.8104)},
+    "Set14": {2: (30.23, 0.8687), 3: (27.54, 0.7736), 4: (26.00, 0.7019)},
+    "BSD100": {2: (29.56, 0.8431), 3: (27.21, 0.7385), 4: (25.96, 0.6675)},
+}
 
-    ``hr``: ``(C, H, W)`` or ``(B, C, H, W)``, float in ``[0, 1]`` or uint8. Returns floats:
-    HR ``(.., s h, s w)`` and LR ``(.., h, w)`` on 8-bit levels, as saved LR files are.
+
+def _check_protocol(protocol: str, who: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"{who}: protocol must be one of {', '.join(map(repr, PROTOCOLS))} "
+                         f"(\"y-first\" reproduces the published tables), got {protocol!r}")
+
+
+def _to_rgb(img: Tensor) -> Tensor:
+    """A 1-channel (grayscale) image repeated to 3 channels, as an RGB loader makes it."""
+    return img.expand(*img.shape[:-3], 3, *img.shape[-2:]) if img.shape[-3] == 1 else img
+
+
+def make_pair(hr: Tensor, scale: int, *, protocol: str = "y-first") -> tuple[Tensor, Tensor]:
+    """The ``(hr, lr)`` pair of an SR benchmark: modcrop, then MATLAB bicubic down by ``scale``.
+
+        "y-first" (published):  hr = modcrop(hr_y(img), s)           Y on 8-bit levels
+                                lr = imresize(hr, 1 / s)             in float
+        "rgb-first":            hr = modcrop(img, s)                 RGB
+                                lr = quantize(imresize(hr, 1 / s))   on 8-bit levels
+
+    ``hr``: ``(C, H, W)`` or ``(B, C, H, W)``, uint8 (as read from the file) or float in
+    ``[0, 1]``; C = 3, or 1 for a grayscale file. Returns floats: HR ``(.., s h, s w)`` and
+    LR ``(.., h, w)``, 1 channel ("y-first") or 3 ("rgb-first": a grayscale image is
+    repeated to RGB, as before).
     """
     _check_scale_int(scale, "make_pair")
-    hr = modcrop(_to_float(hr), scale)
+    _check_protocol(protocol, "make_pair")
+    if protocol == "y-first":
+        hr = modcrop(hr_y(hr), scale)
+        return hr, imresize(hr, 1 / scale)
+    hr = _to_rgb(modcrop(_to_float(hr), scale))
     return hr, quantize(imresize(hr, 1 / scale))
 
 
-@torch.no_grad()
-def evaluate(upscale: Callable[[Tensor], Tensor], images: Sequence[Tensor], scale: int,
-             *, y_channel: bool = True) -> dict[str, float]:
-    """Mean PSNR and SSIM of ``upscale`` over a set of HR images, on the standard protocol.
-
-    Args:
-        upscale: maps LR ``(1, 3, h, w)`` float in ``[0, 1]`` to SR ``(1, 3, sh, sw)`` RGB,
-            or ``(1, 1, sh, sw)`` Y (for networks that upscale Y only). Bicubic baseline:
-            ``lambda lr: imresize(lr, scale)``. Its output is quantized before measuring.
-            ``lr`` is on the CPU: move it in ``upscale`` for a GPU model, and put the model
-            in ``eval()`` mode first (gradients are off here).
-        images: HR images ``(3, H, W)``, uint8 or float (e.g. ``ml.data.sr_images("Set5")``).
-        scale: 2, 3, 4, ...; also the border ``shave``.
-    Returns:
-        ``{"psnr": dB, "ssim": ...}``, means over the images (as papers report them).
-    """
+def _check_evaluate(images: Sequence[Tensor] | str, scale: int, protocol: str,
+                    y_channel: bool) -> None:
     _check_scale_int(scale, "evaluate")
+    _check_protocol(protocol, "evaluate")
     if len(images) == 0:
         raise ValueError("evaluate needs at least one HR image")
+    if protocol == "y-first" and not y_channel:
+        raise ValueError("evaluate: the y-first protocol measures Y only; for PSNR/SSIM on "
+                         "RGB use protocol='rgb-first', y_channel=False")
+
+
+def _check_sr_shape(sr: Tensor, hr: Tensor, lr: Tensor) -> None:
+    if sr.shape[-2:] != hr.shape[-2:]:
+        raise ValueError(f"evaluate: upscale returned {list(sr.shape)} for LR "
+                         f"{list(lr[None].shape)}; expected (1, {hr.shape[-3]}, "
+                         f"{hr.shape[-2]}, {hr.shape[-1]})")
+
+
+@torch.no_grad()
+def evaluate(upscale: Callable[[Tensor], Tensor], images: Sequence[Tensor] | str, scale: int,
+             *, protocol: str = "y-first", y_channel: bool = True) -> dict[str, float]:
+    """Mean PSNR and SSIM of ``upscale`` over a set of HR images, on an SR benchmark protocol.
+
+        hr, lr = make_pair(img, s, protocol=protocol)     each HR image, as read from its file
+        sr = quantize(upscale(lr[None]))                  the output on 8-bit levels
+        psnr(sr, hr, shave=s), ssim(sr, hr, shave=s)      on Y; means over the images
+
+    ``protocol="y-first"`` (default; the published tables, :data:`PUBLISHED_BICUBIC`):
+    ``upscale`` maps the LR Y ``(1, 1, h, w)``, float, to Y ``(1, 1, s h, s w)``: bicubic is
+    ``lambda lr: imresize(lr, s)``, a Y network ``lambda lr: upscale(model, lr, s)``.
+    ``"rgb-first"``: it maps the RGB LR ``(1, 3, h, w)`` on 8-bit levels to RGB or Y, and
+    ``y_channel=False`` measures on RGB. ``lr`` is on the CPU: move it in ``upscale`` for a
+    GPU model, in ``eval()`` mode (gradients are off here). ``images``: a set name
+    (``"Set14"``: :func:`eval_images`, which keeps grayscale files as their own Y) or HR
+    images uint8 ``(C, H, W)``; ``scale``: 2, 3, 4, ..., also the shave.
+    Returns ``{"psnr": dB, "ssim": ...}``, means over the images (as papers report them).
+    """
+    _check_evaluate(images, scale, protocol, y_channel)
+    images = eval_images(images) if isinstance(images, str) else images
     p, s = [], []
     for img in images:
-        hr, lr = make_pair(img, scale)
+        hr, lr = make_pair(img, scale, protocol=protocol)
         sr = quantize(upscale(lr[None]))
         hr = hr[None].to(sr.device)
-        if sr.shape[-2:] != hr.shape[-2:]:
-            raise ValueError(f"evaluate: upscale returned {list(sr.shape)} for LR "
-                             f"{list(lr[None].shape)}; expected (1, 3 or 1, "
-                             f"{hr.shape[-2]}, {hr.shape[-1]})")
+        _check_sr_shape(sr, hr, lr)
         p.append(float(psnr(sr, hr, shave=scale, y_channel=y_channel)[0]))
         s.append(float(ssim(sr, hr, shave=scale, y_channel=y_channel)[0]))
     return {"psnr": sum(p) / len(p), "ssim": sum(s) / len(s)}
@@ -581,9 +669,10 @@ class FSRCNN(nn.Module):
     """FSRCNN (Dong, Loy & Tang, ECCV 2016): work at LR size, upsample with a deconvolution.
 
     feature extraction ``5x5 -> d``, shrinking ``1x1 -> s``, ``m`` mapping layers
-    ``3x3 s -> s``, expanding ``1x1 -> d`` (each followed by PReLU), then a ``9x9``
-    transposed conv with stride ``scale``. With ``padding=4`` and
-    ``output_padding=scale-1`` its output is ``(h - 1) scale - 8 + 9 + scale - 1 = h scale``.
+    ``3x3 s -> s``, expanding ``1x1 -> d`` (each followed by PReLU), then a ``k x k``
+    transposed conv with stride ``scale``: ``k = 9`` (the paper's) for odd scales, 10 for
+    even ones, padded so that the output grid is the one of :func:`imresize` and
+    :func:`pixel_shuffle` (see the comment in ``__init__``).
     Initialisation follows the paper: He-normal convs, deconv weights N(0, 0.001^2) (so a
     residual FSRCNN starts close to its skip already).
     ``residual=True`` adds a bicubic upscaling of the input (see :func:`bicubic_skip`).
@@ -602,8 +691,15 @@ class FSRCNN(nn.Module):
             layers += [nn.Conv2d(s, s, 3, padding=1), nn.PReLU(s)]
         layers += [nn.Conv2d(s, d, 1), nn.PReLU(d)]
         self.body = nn.Sequential(*layers)
-        self.upsample = nn.ConvTranspose2d(d, num_channels, 9, stride=scale, padding=4,
-                                           output_padding=scale - 1)
+        # The centre of LR pixel i is HR coordinate s i + (s - 1) / 2 (0-based), for
+        # imresize, pixel shuffle and bicubic_skip alike. A transposed conv puts tap t of
+        # input i at s i + t - p, its centre tap (k - 1) / 2 at s i + (k - 1) / 2 - p, so
+        # p = (k - s) / 2: k - s must be even, and then the output is (h - 1) s - 2 p + k = h s
+        # with no output_padding. The paper's k = 9, padding 4, output_padding s - 1 puts
+        # the centre at s i: (s - 1) / 2 HR pixels up and left (0.5 / 1 / 1.5 at x2 / x3 / x4).
+        k = max(9 + (scale + 1) % 2, scale)                             # 9 or 10, k - s even
+        self.upsample = nn.ConvTranspose2d(d, num_channels, k, stride=scale,
+                                           padding=(k - scale) // 2)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -699,24 +795,24 @@ def dihedral(x: Tensor, ops: Tensor) -> Tensor:
 
 
 def _y_pair(img: Tensor, scale: int) -> tuple[Tensor, Tensor]:
-    """``(lr_y (h, w), hr_y (s h, s w))`` of one HR RGB image, degraded as :func:`make_pair`."""
+    """``(lr_y (h, w), hr_y (s h, s w))`` of one HR image, degraded as :func:`make_pair`."""
     hr, lr = make_pair(img, scale)
-    return rgb_to_y(lr)[0], rgb_to_y(hr)[0]
+    return lr[0], hr[0]
 
 
 @functools.lru_cache(maxsize=3)
 def _y_pairs(set_name: str, scale: int) -> list[tuple[Tensor, Tensor]]:
-    from .data import sr_images
-    return [_y_pair(img, scale) for img in sr_images(set_name)]
+    return [_y_pair(img, scale) for img in eval_images(set_name)]
 
 
 class PatchSampler:
     """Random ``(LR, HR)`` patch pairs of the Y channel, cut and augmented on the device.
 
     The training data of SRCNN, FSRCNN and ESPCN: the 91 images of T91 (Yang et al.,
-    2010), degraded exactly as the test images are (:func:`make_pair`: modcrop, MATLAB
-    bicubic down by ``scale``, rounded to 8-bit levels), converted to Y. The *whole* image
-    is downscaled once, so patches carry no border effects of the resize.
+    2010), degraded exactly as the test images are (:func:`make_pair`: Y on 8-bit levels,
+    modcrop, MATLAB bicubic down by ``scale``, LR in float), as SRCNN's
+    ``generate_train.m`` does. The *whole* image is downscaled once, so patches carry no
+    border effects of the resize.
 
     All images live on the device in one flat buffer (LR and HR), with each image's
     offset and width. A batch is one gather:
@@ -939,21 +1035,24 @@ def upscale(model: nn.Module | None, lr: Tensor, scale: int, *, color: bool = Fa
     Args:
         model: LR Y ``(B, 1, h, w)`` -> HR Y ``(B, 1, s h, s w)``, in eval mode; ``None``
             for the bicubic baseline.
-        lr: RGB float in ``[0, 1]``, ``(B, 3, h, w)`` or ``(3, h, w)``.
-        color: return RGB (clamped to [0, 1]) instead of Y.
+        lr: RGB float in ``[0, 1]``, ``(B, 3, h, w)`` or ``(3, h, w)``; or its Y alone
+            (1 channel, what :func:`evaluate` passes under the default "y-first" protocol),
+            which goes to the network as it is.
+        color: return RGB (clamped to [0, 1]) instead of Y (needs an RGB ``lr``).
     Returns:
         Y ``(B, 1, s h, s w)`` (what :func:`evaluate` measures) or RGB ``(B, 3, s h, s w)``,
         on the model's device (on ``lr``'s for bicubic); no batch dim if ``lr`` had none.
     """
-    _check_image(lr, "upscale", channels=(3,))
+    _check_image(lr, "upscale", channels=(3,) if color else (1, 3))
     single = lr.dim() == 3
     lr = lr[None] if single else lr
+    is_y = lr.shape[1] == 1
     if model is None:
         out = imresize(lr, scale)
-        out = out.clamp(0, 1) if color else rgb_to_y(out)
+        out = out.clamp(0, 1) if color else (out if is_y else rgb_to_y(out))
     else:
         dev = _model_device(model)
-        y = model(rgb_to_y(lr).to(dev))
+        y = model((lr if is_y else rgb_to_y(lr)).to(dev))
         if color:
             ycc = rgb_to_ycbcr(imresize(lr, scale)).to(dev)
             out = ycbcr_to_rgb(torch.cat([y.to(ycc.dtype), ycc[:, 1:]], dim=1)).clamp(0, 1)
@@ -1039,13 +1138,15 @@ def build_model(name: str, scale: int, residual: bool = True) -> nn.Module:
 
 
 def eval_images(name: str, limit: int | None = None) -> list[Tensor]:
-    """The HR images of SR set ``name`` (``ml.data.sr_images``), or its ``limit`` smallest.
+    """The HR images of SR set ``name`` (:data:`EVAL_SETS`, or T91), or its ``limit`` smallest.
 
-    The subset keeps smoke-scale runs fast; papers and the cpu/gpu scales use whole sets.
+    ``ml.data.sr_images(name, keep_gray=True)``: uint8 ``(3, H, W)``, and ``(1, H, W)`` for
+    a grayscale file (its own Y, see :func:`hr_y`). The subset keeps smoke-scale runs fast;
+    papers and the cpu/gpu scales use whole sets.
     """
     from .data import sr_images
 
-    images = sr_images(name)
+    images = sr_images(name, keep_gray=True)
     if limit is None:
         return images
     return sorted(images, key=lambda img: img.shape[-1] * img.shape[-2])[:limit]
@@ -1055,7 +1156,9 @@ def recipe(name: str, scale: int, residual: bool = True) -> dict:
     """The training configuration of ``name`` at ``scale`` for the current ``ml.scale()``.
 
     The same for every network (only the network changes): random 16x16 (gpu: 24x24) LR
-    patches of T91 with the 8 symmetries, L1 loss, Adam with a warm-up + cosine schedule.
+    patches of T91 with the 8 symmetries, degraded by the "y-first" protocol of
+    :func:`make_pair`, L1 loss, Adam with a warm-up + cosine schedule; evaluated on Set5
+    (smoke scale) or Set5, Set14 and BSD100.
     The dict is the cache key of :func:`trained_model`, so changing any value retrains.
     """
     from .env import pick
@@ -1069,8 +1172,8 @@ def recipe(name: str, scale: int, residual: bool = True) -> dict:
         "batch": pick(smoke=4, cpu=16, gpu=32),
         "steps": pick(smoke=10, cpu=500, gpu=10000),
         "lr": 2e-3 if name == "windowsr" else 1e-3,
-        "loss": "l1", "eval_sets": pick(smoke=["Set5"], cpu=["Set5", "Set14"],
-                                        gpu=["Set5", "Set14"]),
+        "loss": "l1", "protocol": "y-first",       # the degradation of train and test pairs
+        "eval_sets": pick(smoke=["Set5"], cpu=list(EVAL_SETS), gpu=list(EVAL_SETS)),
         "eval_limit": pick(smoke=2, cpu=None, gpu=None),
         "seed": 0,
     }
@@ -1084,8 +1187,8 @@ def trained_model(name: str, scale: int, *, residual: bool = True, retrain: bool
     Training: ``ml.train.fit`` on a :class:`PatchSampler` (fresh random patches every
     step), float32 (no autocast: PSNR is measured on 8-bit levels, and bf16 keeps only
     about 8 bits of mantissa). After training the model is evaluated on the recipe's
-    ``eval_sets`` with :func:`evaluate` (PSNR/SSIM on Y, shave = scale; at the smoke scale
-    on the ``eval_limit`` smallest images only, see :func:`eval_images`); the record's
+    ``eval_sets`` with :func:`evaluate` ("y-first": PSNR/SSIM on Y, shave = scale; at the
+    smoke scale on the ``eval_limit`` smallest images only, see :func:`eval_images`); the record's
     ``metrics`` hold ``{"Set5": {"psnr", "ssim"}, ...}`` and ``train_loss``.
 
     Returns ``(model in eval mode on device, record)``; see ``ml.train.train_or_load``.

@@ -532,11 +532,74 @@ def test_int8_matmul_is_exact():
         assert c.dtype == torch.int32 and c.shape == (M, N)
         assert torch.equal(c.long(), a.long() @ b.long())
         assert torch.equal(Q.int8_matmul(a, b.t().contiguous().t()), c)  # column-major B
-    assert "fallback" in Q.int8_matmul_backend("cpu")
     with pytest.raises(TypeError, match="int8"):
         Q.int8_matmul(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.int8))
     with pytest.raises(ValueError, match="inner sizes"):
         Q.int8_matmul(torch.zeros(2, 3, dtype=torch.int8), torch.zeros(2, 2, dtype=torch.int8))
+
+
+def test_int8_matmul_overflow_bound_is_2_pow_17_minus_1():
+    """(-128)(-128) = 2^14 per term: K = 2^17 - 1 terms fit int32, K = 2^17 would give 2^31."""
+    K = 2 ** 17 - 1
+    a = torch.full((2, K), -128, dtype=torch.int8)
+    b = torch.full((K, 3), -128, dtype=torch.int8)
+    c = Q.int8_matmul(a, b)
+    assert c.dtype == torch.int32 and bool((c == 2 ** 31 - 2 ** 14).all())  # exact, no wrap
+    assert bool((c.long() == a[:, :1].long() @ b[:1].long() * K).all())
+    big = torch.zeros(1, 2 ** 17, dtype=torch.int8)
+    with pytest.raises(ValueError, match="2\\^17 - 1"):
+        Q.int8_matmul(big, big.t())
+
+
+@pytest.mark.skipif(not hasattr(torch, "_int_mm"), reason="this torch has no torch._int_mm")
+def test_int8_matmul_takes_int_mm_on_cpu_and_is_exact(monkeypatch):
+    """torch._int_mm runs on the CPU too (2x float32 at M = 1 on an idle Xeon): use it."""
+    assert Q._int_mm_works(torch.device("cpu"))
+    assert "torch._int_mm" in Q.int8_matmul_backend("cpu")
+    calls = []
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.shape) or real(a, b))
+    g = gen(11)
+    for M, K, N in [(1, 2048, 64), (3, 5, 7), (17, 64, 8), (33, 130, 9)]:
+        a = torch.randint(-128, 128, (M, K), generator=g, dtype=torch.int8)
+        w = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8)
+        want = a.int() @ w.t().int()                             # the int32 reference
+        for b in (w.t(), w.t().contiguous()):                    # column- and row-major B
+            assert torch.equal(Q.int8_matmul(a, b), want)
+    assert len(calls) == 8 and calls[0] == (1, 2048)             # the fast path, unpadded on CPU
+
+
+@pytest.mark.skipif(not hasattr(torch, "_int_mm"), reason="this torch has no torch._int_mm")
+def test_int8_matmul_pads_to_shape_constraints(monkeypatch):
+    """With CUDA's constraints (M > 16, K and N multiples of 8) the padded product is exact."""
+    monkeypatch.setitem(Q._INT_MM_SHAPES, "cpu", (17, 8))
+    assert Q._int_mm_works(torch.device("cpu"))                  # probed (padded) before the spy
+    seen = []
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: seen.append((a.shape, b.shape)) or real(a, b))
+    g = gen(12)
+    a = torch.randint(-128, 128, (3, 13), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (13, 5), generator=g, dtype=torch.int8)
+    c = Q.int8_matmul(a, b)
+    assert seen == [((17, 16), (16, 8))] and c.shape == (3, 5)
+    assert torch.equal(c, a.int() @ b.int())
+
+
+def test_int8_matmul_falls_back_where_int_mm_fails(monkeypatch):
+    def broken(a, b):
+        raise RuntimeError("_int_mm: not implemented for this device")
+    monkeypatch.setattr(torch, "_int_mm", broken, raising=False)
+    monkeypatch.setattr(Q, "_INT_MM_WORKS", {})                  # probe again
+    assert "fallback" in Q.int8_matmul_backend("cpu")
+    g = gen(13)
+    a = torch.randint(-128, 128, (4, 9), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (9, 6), generator=g, dtype=torch.int8)
+    assert torch.equal(Q.int8_matmul(a, b), a.int() @ b.int())
+    # a kernel that runs but is wrong is not used either
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: (a.int() @ b.int()) + 1)
+    monkeypatch.setattr(Q, "_INT_MM_WORKS", {})
+    assert not Q._int_mm_works(torch.device("cpu"))
+    assert torch.equal(Q.int8_matmul(a, b), a.int() @ b.int())
 
 
 def test_int8_linear_vector_wise_composition():
@@ -943,6 +1006,12 @@ def test_quantized_bytes():
     # LoRC rank 2 with 8-bit factors: 2 * (32 + 64) bytes + one scale per factor row
     lr = Q.LoRCLinear.from_quant(w4, lin.weight, 2)
     assert Q.quantized_bytes(lr) == Q.quantized_bytes(w4) + 2 * (32 + 64) + 4 * (32 + 2)
+    # rank 0 (no correction): exactly the plain quantized layer, no factor scales
+    # (it was charged scale_bits x out_features more: 0.100 MB vs 0.107 MB in 5.2)
+    lr0 = Q.LoRCLinear.from_quant(w4, lin.weight, 0)
+    assert lr0.rank == 0 and Q.quantized_bytes(lr0) == Q.quantized_bytes(w4)
+    assert Q.quantized_bytes(Q.LoRCLinear.from_quant(w4, lin.weight, 0, factor_bits=None)) \
+        == Q.quantized_bytes(w4)
     # WeightOnlyLinear: its real buffers
     wo = Q.WeightOnlyLinear.from_float(lin, 4, 16)
     assert Q.quantized_bytes(wo) == ml_bytes(wo) == 32 * 32 + 32 * 4 * 4 + 32 * 4
