@@ -78,6 +78,24 @@ gpu-book:
 student: setup
 	$(BIN)/python tools/student_edition.py
 
+# The whole book as one A4 PDF, _build/latex/book.pdf (Jupyter Book's LaTeX builder, xelatex).
+# On Debian/Ubuntu it installs the TeX Live packages it needs the first time (apt-get, as
+# root or through sudo). Not part of `make test`.
+TEX_PACKAGES := latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended \
+	tex-gyre texlive-xetex fonts-freefont-otf
+.PHONY: pdf
+pdf: setup
+	@dpkg -s $(TEX_PACKAGES) >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "make pdf: installing TeX Live: $(TEX_PACKAGES)"; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES); }
+	rm -rf _build/latex
+	$(BIN)/jupyter-book build . --builder pdflatex
+	@test -f _build/latex/book.pdf
+	@echo
+	@echo "The PDF is at $(CURDIR)/_build/latex/book.pdf"
+
 lab: setup
 	$(BIN)/python -m pip install -q "jupyterlab>=4"
 	$(BIN)/jupyter lab notebooks

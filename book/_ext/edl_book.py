@@ -1,12 +1,14 @@
 """Sphinx extension of the book (loaded through `sphinx.local_extensions` in _config.yml).
 
-Two jobs, both about the book as a reader meets it:
+Three jobs, all about the book as a reader meets it:
 
 1. Offline reading. MathJax 3 is served from the built book (`_static/mathjax/`, copied
    from the pinned `sphinx-mathjax-offline` package) instead of a CDN, so math renders
    from a `file://` copy without network. The sphinx-thebe loader, which points at a CDN
    and is only used by a "live code" button this book does not show, is dropped.
-2. One author-year citation style. `{cite}` in the text and the label in the
+2. A readable PDF: notebook outputs that exist only as HTML (`ml.bench.Table`, `ml.show`)
+   become real tables and code listings in the LaTeX build (see `HtmlOutputsForLatex`).
+3. One author-year citation style. `{cite}` in the text and the label in the
    bibliography are the same string, e.g. "Vaswani et al., 2017", with "a", "b", ...
    appended when two entries would read the same ("Dong et al., 2016a"). The list is
    sorted by author, year, title.
@@ -21,14 +23,17 @@ from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from html.parser import HTMLParser
 from types import SimpleNamespace
 
 import pybtex.plugin
+from docutils import nodes
 from pybtex.richtext import Text
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
 from pybtex.style.labels import BaseLabelStyle
 from pybtex.style.sorting.author_year_title import SortingStyle as AuthorYearTitleSortingStyle
 from pybtex.style.template import node
+from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinxcontrib.bibtex.plugin import register_plugin
 from sphinxcontrib.bibtex.style.referencing import PersonStyle
 from sphinxcontrib.bibtex.style.referencing.author_year import AuthorYearReferenceStyle
@@ -94,6 +99,117 @@ def _drop_cdn_scripts(app, pagename, templatename, context, doctree) -> None:
         return "sphinx-thebe.js" not in name and "THEBE_JS_URL" not in body
 
     context["script_files"] = [js for js in scripts if keep(js)]
+
+
+# --------------------------------------------------------------------------------------
+# 1b. The PDF: notebook outputs that exist only as HTML
+# --------------------------------------------------------------------------------------
+# LaTeX cannot show a text/html output, so myst-nb falls back to its text/plain, which for
+# an `ml.bench.Table` is a fixed-width block that wraps on A4 and for an `ml.show` listing
+# is "<IPython.core.display.HTML object>". For the LaTeX builder only, this post-transform
+# turns such HTML into document nodes (a real table; a code listing) and offers them to
+# myst-nb's mime selection (which runs next, at priority 4) under text/markdown, which
+# LaTeX prefers to text/plain. The HTML pages are untouched.
+
+
+class _HtmlOutput(HTMLParser):
+    """Collects a table's caption and rows, and the first <pre> block, of an HTML output."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.caption, self.rows, self.pre, self.title = "", [], None, ""
+        self._cell = None   # text of the cell being read
+        self._where = []    # open elements of interest
+        self._pre_depth = 0
+        self._pre_text = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("caption", "code") and not self._pre_depth:
+            self._where.append(tag)
+        elif tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "pre":
+            self._pre_depth += 1
+        elif tag == "br" and self._cell is not None:
+            self._cell.append(" ")
+
+    def handle_endtag(self, tag):
+        if tag in ("caption", "code") and self._where and self._where[-1] == tag:
+            self._where.pop()
+        elif tag in ("td", "th") and self._cell is not None and self.rows:
+            self.rows[-1].append((" ".join("".join(self._cell).split()), tag == "th"))
+            self._cell = None
+        elif tag == "pre" and self._pre_depth:
+            self._pre_depth -= 1
+            if not self._pre_depth and self.pre is None:
+                self.pre = "".join(self._pre_text).strip("\n")
+
+    def handle_data(self, data):
+        if self._pre_depth:
+            if self.pre is None:
+                self._pre_text.append(data)
+        elif self._cell is not None:
+            self._cell.append(data)
+        elif self._where and self._where[-1] == "caption":
+            self.caption += data
+        elif self._where and self._where[-1] == "code" and self.pre is None:
+            self.title += data
+
+
+def _table_nodes(caption: str, rows: list) -> list:
+    rows = [r for r in rows if r]
+    ncols = max(len(r) for r in rows)
+    head = [r for r in rows if all(is_th for _, is_th in r)][:1]
+    body = [r for r in rows if r not in head]
+    table = nodes.table(classes=["colwidths-auto"])
+    tgroup = nodes.tgroup(cols=ncols)
+    table += tgroup
+    tgroup.extend(nodes.colspec(colwidth=1) for _ in range(ncols))
+
+    def row(cells):
+        r = nodes.row()
+        for text, _ in cells + [("", False)] * (ncols - len(cells)):
+            r += nodes.entry("", nodes.paragraph(text=text))
+        return r
+
+    if head:
+        tgroup += nodes.thead("", *[row(r) for r in head])
+    tgroup += nodes.tbody("", *[row(r) for r in body])
+    out = [nodes.paragraph("", "", nodes.strong(text=caption.strip()))] if caption.strip() else []
+    return out + [table]
+
+
+def html_output_to_nodes(html_text: str) -> list:
+    """Document nodes for an HTML notebook output: a <table> or a <pre> listing; [] if neither."""
+    parser = _HtmlOutput()
+    parser.feed(html_text)
+    if "<table" in html_text and any(parser.rows):
+        return _table_nodes(parser.caption, parser.rows)
+    if parser.pre:
+        code = nodes.literal_block(parser.pre, parser.pre, language="python")
+        title = [nodes.paragraph("", "", nodes.literal(text=parser.title.strip()))] if parser.title.strip() else []
+        return title + [code]
+    return []
+
+
+class HtmlOutputsForLatex(SphinxPostTransform):
+    default_priority = 3  # before myst-nb's SelectMimeType (4)
+    builders = ("latex",)
+
+    def run(self, **kwargs) -> None:
+        for bundle in list(self.document.findall(nodes.container)):
+            if bundle.get("nb_element") != "mime_bundle":
+                continue
+            by_type = {c.get("mime_type"): c for c in bundle.children}
+            if "text/html" not in by_type or {"text/markdown", "text/latex", "image/png",
+                                              "image/jpeg", "application/pdf"} & set(by_type):
+                continue
+            html_text = "".join(n.astext() for n in by_type["text/html"].findall(nodes.raw))
+            converted = html_output_to_nodes(html_text)
+            if converted:
+                bundle += nodes.container("", *converted, mime_type="text/markdown")
 
 
 # --------------------------------------------------------------------------------------
@@ -221,6 +337,7 @@ def setup(app):
     app.connect("html-page-context", _drop_cdn_scripts)
     app.connect("build-finished", _copy_mathjax)
     app.add_css_file("edl_book.css")
+    app.add_post_transform(HtmlOutputsForLatex)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
 
 
