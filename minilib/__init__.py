@@ -13,6 +13,7 @@ checks it against PyTorch, and then adds it here; later chapters use it from her
 ``ml.baselines``   chapter 1's trained baselines, reused by every later chapter
 ``ml.norm``        chapter 2: BatchNorm, LayerNorm, RMSNorm, GroupNorm, folding
 ``ml.attention``   chapter 3: attention from scratch, tiled, KV cache, window, linear, SE/ECA
+``ml.tokens``      chapter 4: token pruning (top-k, EViT fusing), ToMe merging, PrunedViT
 ``ml.quant``       chapter 5: affine quantization, calibration, GPTQ, LoRC, FP8/FP4
 ``ml.sparsity``    chapter 6: activation sparsity, ReLUfication, thresholds, sparse FFNs, 2:4
 ``ml.diffusion``   chapter 7: noise schedules, DDPM/DDIM, flow matching, guidance, Frechet distance
@@ -22,6 +23,7 @@ checks it against PyTorch, and then adds it here; later chapters use it from her
 
 from . import env, data, bench, plot, models, train, baselines  # noqa: F401
 from . import norm, attention, quant, sr  # noqa: F401
+from . import tokens  # noqa: F401
 from . import sparsity  # noqa: F401
 from . import diffusion  # noqa: F401
 from .display import glue, show
@@ -30,6 +32,6 @@ from .env import describe, device, pick, scale, seed_all, trim
 __version__ = "0.1.0"
 __all__ = [
     "env", "data", "bench", "plot", "models", "train", "baselines",
-    "norm", "attention", "quant", "sr", "sparsity", "diffusion",
+    "norm", "attention", "tokens", "quant", "sr", "sparsity", "diffusion",
     "show", "glue", "describe", "device", "pick", "scale", "seed_all", "trim",
 ]
