@@ -506,6 +506,10 @@ def test_evaluate_follows_the_y_first_protocol():
         p.append(sr.psnr(out, hr, shave=4))
         s.append(sr.ssim(out, hr, shave=4))
     assert got["psnr"] == pytest.approx(sum(p) / 3) and got["ssim"] == pytest.approx(sum(s) / 3)
+    assert set(got) == {"psnr", "ssim"}                            # means only, by default
+    each = sr.evaluate(lambda lr: sr.imresize(lr, 4), images, 4, per_image=True)
+    assert each["psnr_per_image"] == pytest.approx(p) and each["ssim_per_image"] == pytest.approx(s)
+    assert each["psnr"] == got["psnr"] and each["ssim"] == got["ssim"]
     # a Y network through upscale(): the same Y goes in
     bicubic_y = sr.PreUpsample(torch.nn.Identity(), 4)
     got_net = sr.evaluate(lambda lr: sr.upscale(bicubic_y, lr, 4), images, 4)
@@ -808,6 +812,8 @@ def test_trained_model_trains_evaluates_and_caches(book_data, tmp_path, monkeypa
     assert record["config"]["steps"] == 10 and len(record["history"]["rows"]) >= 1
     assert set(record["metrics"]) == {"train_loss", "Set5"}
     set5 = record["metrics"]["Set5"]
+    assert len(set5["psnr_per_image"]) == len(set5["ssim_per_image"]) == 2     # smoke: eval_limit
+    assert set5["psnr"] == pytest.approx(sum(set5["psnr_per_image"]) / 2)
     assert 20 < set5["psnr"] < 45 and 0 < set5["ssim"] <= 1
     again, record2 = sr.trained_model("espcn", 2, progress=False)      # from the cache
     assert record2["metrics"] == record["metrics"]
