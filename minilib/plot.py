@@ -66,6 +66,8 @@ RC: dict[str, Any] = {
 
 # Line styles for the several metrics of one learning-curve plot (colour = run).
 _LINESTYLES = ("-", "--", ":", "-.")
+# Markers for points told apart by a legend (colour and shape, so greyscale print works).
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
 
 
 def style() -> None:
@@ -344,6 +346,7 @@ def roofline(
     *,
     ax: Axes | None = None,
     title: str | None = None,
+    labels: str = "annotate",
 ) -> Figure:
     """Draw the roofline ``attainable(I) = min(P, I * beta)`` on log-log axes.
 
@@ -351,6 +354,9 @@ def roofline(
         peak_flops_per_s: ``P``, the compute roof (e.g. from ``ml.bench.measure_peaks``).
         peak_bytes_per_s: ``beta``, the memory bandwidth: the slope of the memory roof.
         points: measured kernels ``{"name", "intensity" (FLOP/byte), "flops_per_s"}``.
+        labels: ``"annotate"`` writes each name beside its point; ``"legend"`` gives each
+            point its own colour and marker and names them in a legend (no text can
+            overlap when points crowd, e.g. two elementwise ops at nearly the same intensity).
 
     The ridge point ``I* = P / beta`` separates memory-bound (left) from compute-bound
     (right) operations.
@@ -358,6 +364,8 @@ def roofline(
     P, beta = float(peak_flops_per_s), float(peak_bytes_per_s)
     if P <= 0 or beta <= 0:
         raise ValueError(f"peaks must be > 0; got peak_flops_per_s={P}, peak_bytes_per_s={beta}")
+    if labels not in ("annotate", "legend"):
+        raise ValueError(f"roofline: labels must be 'annotate' or 'legend'; got {labels!r}")
     points = list(points or [])
     for p in points:
         missing = [k for k in ("intensity", "flops_per_s") if k not in p]
@@ -376,7 +384,12 @@ def roofline(
         ax.axvline(ridge, color="0.5", linestyle=":", linewidth=1)
         ax.annotate(f"ridge {ridge:.3g} FLOP/byte", (ridge, P), xytext=(6, -14),
                     textcoords="offset points", fontsize=9, color="0.3")
-        if points:
+        if points and labels == "legend":
+            for i, p in enumerate(points):
+                ax.scatter([p["intensity"]], [p["flops_per_s"]], color=PALETTE[i % len(PALETTE)],
+                           marker=_MARKERS[i % len(_MARKERS)], zorder=3, label=str(p.get("name", "")))
+            ax.legend(loc="best", fontsize=9)
+        elif points:
             ax.scatter([p["intensity"] for p in points], [p["flops_per_s"] for p in points],
                        color=[PALETTE[i % len(PALETTE)] for i in range(len(points))], zorder=3)
             for p in points:

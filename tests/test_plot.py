@@ -238,3 +238,15 @@ def test_functions_never_show(monkeypatch):
     plot.pareto(POINTS, x="ms", y="acc")
     plot.image_grid(torch.rand(2, 3, 4, 4))
     plot.learning_curves({"a": {"val_accuracy": [0.1, 0.2]}})
+
+
+def test_roofline_legend_labels_cannot_overlap():
+    points = [{"name": "add", "intensity": 1 / 12, "flops_per_s": 5e9},
+              {"name": "x*y+z", "intensity": 1 / 8, "flops_per_s": 7e9},
+              {"name": "matmul", "intensity": 100.0, "flops_per_s": 8e11}]
+    ax = plot.roofline(1e12, 1e11, points, labels="legend").axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["roof", "add", "x*y+z", "matmul"]
+    assert not any(t.get_text() in ("add", "x*y+z", "matmul") for t in ax.texts)  # no annotations
+    assert len({c.get_paths()[0].vertices.tobytes() for c in ax.collections}) == 3  # three markers
+    with pytest.raises(ValueError, match="labels"):
+        plot.roofline(1e12, 1e11, points, labels="beside")
