@@ -692,7 +692,7 @@ del src, dst, y
 # %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 3
 # GELU reads and writes one number per element, the same bytes as the copy, but does
-# about 10-20 FLOPs per element (an erf or a tanh), so its intensity is 2-5 FLOP/byte:
+# about 10-20 FLOPs per element (an erf or a tanh), so its intensity is 1-3 FLOP/byte:
 # still left of the ridge on most machines. If the printed fraction of the roof is close
 # to 100%, GELU is memory-bound here: a cheaper formula cannot make it faster, and fusing
 # GELU into the matmul before it, so that its input never goes back to memory, is what
@@ -727,9 +727,10 @@ for g in (1, 4, 16):
 # :::{dropdown} Solution 4
 # $\text{FLOPs} = 2\,B\,C_\text{out}\,H\,W\,(C_\text{in}/g)\,k^2$: $g$ times fewer than the
 # dense convolution, while the activations it reads and writes stay the same size (only the
-# small weight shrinks). So the intensity falls almost $g$-fold, from well right of the ridge
-# to far left of it for a depthwise convolution: it becomes memory-bound. That is why
-# depthwise-separable networks run slower than their FLOP count promises.
+# small weight shrinks). So the intensity falls almost $g$-fold (the printed values): a
+# depthwise convolution lands left of the ridge of most machines, memory-bound, where its
+# time is set by its bytes, not its FLOPs. That is why depthwise-separable networks run
+# slower than their FLOP count promises.
 # :::
 
 # %% [markdown]
@@ -769,9 +770,10 @@ for name, g5 in (("f against f", f5), ("f against f twice", twice)):
 # the same machine state; the quartiles of the per-round ratios are the spread. For `f`
 # against itself the ratio's interquartile range covers 1, so both implementations say
 # "no measurable difference"; for `f` against `f` called twice the ratio sits near 0.5 and
-# the verdict is "slower". The two medians printed agree to within their interquartile
-# ranges (they are separate runs of the same procedure). An A/A test that says "faster" or
-# "slower" means the machine is too noisy to resolve differences of that size.
+# the verdict is "slower". The two implementations are separate runs of the same
+# procedure, so their medians differ by about their spread, not more. An A/A test that
+# says "faster" or "slower" means the machine is too noisy to resolve differences of that
+# size.
 # :::
 
 # %% [markdown]

@@ -149,8 +149,9 @@ ml.glue("loader_why", {
 # ## 1.2.2 How a baseline is trained and cached
 #
 # Each baseline is one readable recipe in `ml.baselines`: a model from `ml.models`, data
-# from `ml.data`, and `ml.train.fit`, which trains under bf16 autocast on a GPU (fp32 on a
-# CPU), evaluates on the test set in fp32 after every epoch, and records a history whose
+# from `ml.data`, and `ml.train.fit`, which trains under autocast on a GPU (bf16, or fp16
+# with a gradient scaler where bf16 is not supported; fp32 on a CPU), evaluates on the test
+# set in fp32 after every epoch, and records a history whose
 # clock counts **training time only** (evaluation is excluded), so that "time to 94%" means
 # what DAWNBench means by it. The recipe picks its sizes with `ml.pick`, so the same
 # function is a seconds-long smoke test, a minutes-long laptop run, or the full benchmark
@@ -600,11 +601,11 @@ print(f"inference with TTA against without: {tta_cost} ({tta_cost.verdict})")
 # %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 3
 # TTA averages the logits of each image and of its mirror image, so it runs two forward
-# passes: twice the FLOPs, and about half the throughput (the comparison prints the measured
-# ratio, near 0.5). Whether the accuracy it adds is real is what McNemar's p-value says:
-# below 0.05, the images TTA fixes outnumber those it breaks by more than chance explains.
-# Flip TTA was part of the recipe because Page's runs gained from it; every gain must be
-# weighed against the doubled inference cost.
+# passes: twice the FLOPs; the comparison prints what that costs in time here (a speed
+# ratio below 1). Whether the accuracy it adds is real is what McNemar's p-value says:
+# below 0.05, the images TTA fixes outnumber those it breaks by more than chance explains;
+# above, the difference printed is within the noise. Either way the gain has to be weighed
+# against the doubled inference cost.
 # :::
 
 # %% [markdown]
