@@ -384,8 +384,8 @@ class Guided(nn.Module):
 
         out = (1 + w) model(x, t, y) - w model(x, t, none)     (Ho & Salimans, 2022, eq. 6)
 
-    w = -1: the unconditional model; w = 0: the conditional model (one evaluation per step);
-    w > 0: guided, both terms from one batched call of 2B images (two evaluations per step).
+    w = 0: the conditional model, w = -1: the unconditional one (one evaluation per step each);
+    otherwise both terms come from one batched call of 2B images (two evaluations per step).
     ``model`` needs ``num_classes`` (its "no label" index); y: (B,) labels. Works for noise
     and for velocity predictors alike. Notebook 7.3.
     """
@@ -398,8 +398,8 @@ class Guided(nn.Module):
         self.model, self.y, self.w = model, y, float(w)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        if self.w == 0:
-            return self.model(x, t, self.y)
+        if self.w in (0.0, -1.0):                               # one branch only: one evaluation
+            return self.model(x, t, self.y if self.w == 0 else None)
         none = torch.full_like(self.y, self.model.num_classes)
         both = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.y, none]))
         cond, uncond = both.chunk(2)                            # 2 x (B, C, H, W)
