@@ -200,7 +200,7 @@ HEADS = ml.pick(smoke=2, cpu=4, gpu=4)
 T = ml.pick(smoke=16, cpu=32, gpu=128)          # context (characters)
 BATCH = ml.pick(smoke=8, cpu=16, gpu=64)
 DEPTHS = ml.trim(ml.pick(smoke=(1, 2, 4), cpu=(2, 6, 12), gpu=(2, 6, 12)))
-STEPS = ml.pick(smoke=16, cpu=250, gpu=120)
+STEPS = ml.pick(smoke=16, cpu=250, gpu=100)
 EVAL_BATCHES = ml.pick(smoke=2, cpu=12, gpu=4)
 MIX_ALPHA = 0.25
 PLACEMENT_NAMES = ("post", "pre", "peri", "mix")
@@ -570,7 +570,7 @@ for p in PLACEMENT_NAMES:
     ml.glue(f"n22_val_{p}_deep", val_deep[p], ".3f")
     for depth, tag in [(shallow, "shallow"), (mid, "mid"), (deep, "deep")]:
         ml.glue(f"n22_val_{p}_{tag}", final_val(grid[p, depth][1]), ".3f")
-        ml.glue(f"n22_out_{p}_{tag}", outcome(grid[p, depth][1]))
+        ml.glue(f"n22_out_{p}_{tag}", {"stuck": "is stuck"}.get(o := outcome(grid[p, depth][1]), o))
 for depth, tag in [(shallow, "shallow"), (deep, "deep")]:
     vals = {p: final_val(grid[p, depth][1]) for p in PLACEMENT_NAMES}
     best = min(vals, key=vals.get)
@@ -659,7 +659,7 @@ post_decay = (g_post[-1] / g_post[1]) ** (1 / max(1, deep - 2))
 ml.glue("n22_post_mid_weak_ratio", g_mid.min() / g_mid[-1], ".2f")
 ml.glue("n22_post_deep_weak_ratio", g_post.min() / g_post[-1], ".1e")
 ml.glue("n22_post_decay", post_decay, ".2f")
-ml.glue("n22_post_decay_dir", "grows" if post_decay > 1 else "shrinks")
+ml.glue("n22_post_decay_dir", "shrinks" if post_decay > 1 else "grows")   # going down, towards the input
 ml.glue("n22_post_weakest", gr["post"]["its norm"], ".2g")
 ml.glue("n22_mix_raises", "raised" if last_first["mix"][-1] > last_first["pre"][-1] else "did not raise")
 
@@ -745,7 +745,7 @@ ml.glue("n22_cos_lowest", min(st, key=lambda p: st[p]["cos, deep half (mean)"]))
 
 # %%
 SWEEP_DEPTH = ml.pick(smoke=2, cpu=6, gpu=6)
-SWEEP_STEPS = ml.pick(smoke=12, cpu=150, gpu=80)
+SWEEP_STEPS = ml.pick(smoke=12, cpu=150, gpu=60)
 SWEEP_LRS = ml.trim(ml.pick(smoke=(1e-3, 1e-2), cpu=(1e-3, 3e-3, 1e-2), gpu=(1e-3, 1e-2)))
 SWEEP_WARMUPS = (0, max(1, SWEEP_STEPS // 10))
 SWEEP_PLACEMENTS = ("post", "pre", "peri")

@@ -523,7 +523,7 @@ ml.bench.Table([{"LayerNorm": n, "mean sigma": 1 / v, "1 / mean sigma": v} for n
 # changes the loss, and the fair cost of removing LayerNorm is the difference between the two.
 
 # %%
-stage_steps = ml.pick(smoke=4, cpu=80, gpu=60)
+stage_steps = ml.pick(smoke=4, cpu=80, gpu=40)
 ft_lr = 3e-4                                # about the baseline's lr late in its cosine schedule
 n_layer = gcfg["n_layer"]
 stages = [("MLP-input LNs", [f"blocks.{i}.norm2" for i in range(n_layer)]),
