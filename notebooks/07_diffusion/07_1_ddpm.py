@@ -61,7 +61,7 @@ D = ml.diffusion
 ml.describe()
 dev = ml.device()
 dataset = ml.pick(smoke="fashion_mnist", cpu="fashion_mnist", gpu="cifar10")
-n_eval = ml.pick(smoke=16, cpu=256, gpu=1000)     # samples per quality measurement
+n_eval = ml.pick(smoke=16, cpu=200, gpu=1000)     # samples per quality measurement
 classes = D.DATASETS[dataset]["classes"]
 
 # %% [markdown]
@@ -505,7 +505,7 @@ ml.glue("d71_noise_monotone", "rises" if by["real + noise, sigma 0.3"]["Fréchet
 # count the models are scored at:
 
 # %%
-ns = [n for n in (64, 128, 256, 512, 1024, 2048) if 2 * n <= len(x_test)][:ml.pick(smoke=2, cpu=5, gpu=6)]
+ns = [n for n in sorted({64, 128, n_eval, 512, 1024, 2048}) if 2 * n <= len(x_test)][:ml.pick(smoke=2, cpu=5, gpu=6)]
 feats = D.features(fnet, x_test[:2 * ns[-1]])
 floor_rows = [{"images per set": n, "real-vs-real Fréchet distance": D.frechet_distance(feats[:n], feats[n:2 * n])}
               for n in ns]

@@ -64,7 +64,7 @@ dev = ml.device()
 # the duplicate Python warning would only add the kernel's temporary file path.
 warnings.simplefilter("ignore", ml.bench.BusyMachineWarning)
 dataset = ml.pick(smoke="fashion_mnist", cpu="fashion_mnist", gpu="cifar10")
-n_eval = ml.pick(smoke=16, cpu=256, gpu=1000)     # samples per quality measurement (as in 7.1)
+n_eval = ml.pick(smoke=16, cpu=200, gpu=1000)     # samples per quality measurement (as in 7.1)
 
 # %% [markdown]
 # ## 7.2.1 DDIM: the same network, a different sampler

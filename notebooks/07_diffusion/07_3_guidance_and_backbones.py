@@ -60,7 +60,7 @@ dev = ml.device()
 # the duplicate Python warning would only add the kernel's temporary file path.
 warnings.simplefilter("ignore", ml.bench.BusyMachineWarning)
 dataset = ml.pick(smoke="fashion_mnist", cpu="fashion_mnist", gpu="cifar10")
-n_eval = ml.pick(smoke=16, cpu=256, gpu=1000)     # samples per quality measurement (as in 7.1)
+n_eval = ml.pick(smoke=16, cpu=200, gpu=1000)     # samples per quality measurement (as in 7.1)
 steps = ml.pick(smoke=3, cpu=10, gpu=10)           # Heun steps: 2 steps - 1 NFE per branch
 classes = D.DATASETS[dataset]["classes"]
 
