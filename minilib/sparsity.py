@@ -42,7 +42,7 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
 from torch import Tensor
 
-from . import baselines, data, train
+from . import baselines, data, env, train
 from .models import FeedForward
 
 __all__ = [
@@ -417,7 +417,7 @@ def finetune(name: str, model: nn.Module, steps: int, *, lr_factor: float = 1 / 
         loss_fn = ProgressiveL1(m, l1, steps) if l1 > 0 else None
         history, seconds = train.History(), 0.0
         log(m, history, 0, seconds)
-        for start in range(0, steps, every):
+        for start in env.trim(range(0, steps, every)):                # a dry run: two chunks
             n = min(every, steps - start)
             h = train.fit(m, batches, optimizer=opt, steps=n, grad_clip=cfg["grad_clip"], loss_fn=loss_fn,
                           schedule=lambda i, s0=start: schedule(s0 + i), progress=False)

@@ -76,11 +76,11 @@ relu_gpt, relu_rec = ml.baselines.char_gpt(variant="relu", mlp=relu_mlp)
 silu_gpt, silu_rec = ml.baselines.char_gpt(variant="silu", mlp=partial(ml.models.FeedForward, act=nn.SiLU))
 cfg = gelu_rec["config"]
 corpus = ml.data.shakespeare()
-val = list(ml.data.TokenBatches(corpus.val_ids, cfg["block_size"], cfg["batch_size"], steps=cfg["eval_batches"],
-                                device=dev, generator=torch.Generator().manual_seed(1234)))
-calib = list(ml.data.TokenBatches(corpus.train_ids, cfg["block_size"], cfg["batch_size"],
+val = ml.trim(list(ml.data.TokenBatches(corpus.val_ids, cfg["block_size"], cfg["batch_size"], steps=cfg["eval_batches"],
+                                        device=dev, generator=torch.Generator().manual_seed(1234))))
+calib = ml.trim(list(ml.data.TokenBatches(corpus.train_ids, cfg["block_size"], cfg["batch_size"],
                                   steps=ml.pick(smoke=2, cpu=10, gpu=20), device=dev,
-                                  generator=torch.Generator().manual_seed(7)))
+                                  generator=torch.Generator().manual_seed(7))))
 ref = ml.sparsity.token_losses(gelu_gpt, val)          # the dense GELU baseline, per character
 
 

@@ -74,11 +74,11 @@ gelu_gpt, gelu_rec = ml.baselines.char_gpt()
 relu_gpt, relu_rec = ml.baselines.char_gpt(variant="relu", mlp=relu_mlp)
 cfg = gelu_rec["config"]
 corpus = ml.data.shakespeare()
-val = list(ml.data.TokenBatches(corpus.val_ids, cfg["block_size"], cfg["batch_size"], steps=cfg["eval_batches"],
-                                device=dev, generator=torch.Generator().manual_seed(1234)))
-calib = list(ml.data.TokenBatches(corpus.train_ids, cfg["block_size"], cfg["batch_size"],
+val = ml.trim(list(ml.data.TokenBatches(corpus.val_ids, cfg["block_size"], cfg["batch_size"], steps=cfg["eval_batches"],
+                                        device=dev, generator=torch.Generator().manual_seed(1234))))
+calib = ml.trim(list(ml.data.TokenBatches(corpus.train_ids, cfg["block_size"], cfg["batch_size"],
                                   steps=ml.pick(smoke=2, cpu=20, gpu=40), device=dev,
-                                  generator=torch.Generator().manual_seed(7)))
+                                  generator=torch.Generator().manual_seed(7))))
 ref = ml.sparsity.token_losses(gelu_gpt, val)
 C, H = cfg["n_embd"], relu_gpt.blocks[0].mlp.fc.out_features
 relu_sparsity = ml.sparsity.activation_sparsity(relu_gpt, val)
@@ -399,7 +399,7 @@ calib_inputs = ml.sparsity.ffn_inputs(relu_gpt, calib)
 pred_rows, predictors = [], {}
 for recall in ml.trim([0.99, 0.95]):
     preds = {n: ml.sparsity.fit_predictor(relu_gpt.get_submodule(n), x, rank=r, recall=recall,
-                                          steps=ml.pick(smoke=20, cpu=300, gpu=300))
+                                          steps=ml.trim(ml.pick(smoke=20, cpu=300, gpu=300)))
              for n, x in calib_inputs.items()}
     predictors[recall] = preds
     dv = ml.sparsity.replace_ffns(copy.deepcopy(relu_gpt), lambda n, f: ml.sparsity.PredictedFFN(f, preds[n]))
