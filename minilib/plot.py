@@ -221,12 +221,18 @@ def pareto(
     logx: bool = False,
     ax: Axes | None = None,
     title: str | None = None,
+    labels: str = "annotate",
 ) -> Figure:
     """Scatter ``points`` (dicts) as ``y`` vs ``x``, label each, and draw the Pareto front.
 
     Typical use: ``x`` a cost (latency, FLOPs, bytes), ``y`` a quality (accuracy). The front
     is drawn as a staircase: for any budget on the x axis, the best quality reachable.
+    Points whose ``label`` is None are drawn unnamed. ``labels="annotate"`` writes each
+    name beside its point; ``labels="legend"`` gives each named point its own colour and
+    marker and names it in a legend, so no text can overlap when points crowd.
     """
+    if labels not in ("annotate", "legend"):
+        raise ValueError(f"pareto: labels must be 'annotate' or 'legend'; got {labels!r}")
     valid = [p for p in points if not _is_missing(p.get(x)) and not _is_missing(p.get(y))]
     if not valid:
         raise ValueError(f"pareto needs points with numeric {x!r} and {y!r}; got none")
@@ -234,24 +240,37 @@ def pareto(
 
     with house_style():
         fig, ax = _figure_and_axes(ax)
-        ax.scatter([p[x] for p in valid], [p[y] for p in valid], color=PALETTE[0],
-                   zorder=3, label="all")
+        named = sorted((p for p in valid if p.get(label) is not None), key=lambda p: float(p[x])) \
+            if labels == "legend" else []  # legend entries in the order of the x axis
+        rest = [p for p in valid if all(p is not q for q in named)]
+        if rest:
+            ax.scatter([p[x] for p in rest], [p[y] for p in rest],
+                       color=PALETTE[7] if named else PALETTE[0], zorder=3,
+                       label="other points" if named else "all")
         # Sorted by x, the front's best quality holds until the next front point: a step
         # after each point when lower x is better, before it when higher x is better.
         ax.step([p[x] for p in front], [p[y] for p in front],
                 where="post" if x_lower_is_better else "pre",
                 color=PALETTE[1], linewidth=1.5, zorder=2, label="Pareto front")
-        for p in valid:
-            if p.get(label) is not None:
-                ax.annotate(str(p[label]), (p[x], p[y]), xytext=(4, 4),
-                            textcoords="offset points", fontsize=9)
+        colours = [c for i, c in enumerate(PALETTE) if i not in (1, 7)]  # not the front's, not grey
+        for i, p in enumerate(named):
+            ax.scatter([p[x]], [p[y]], color=colours[i % len(colours)],
+                       marker=_MARKERS[i % len(_MARKERS)], s=40, zorder=4, label=str(p[label]))
+        if labels == "annotate":
+            for p in valid:
+                if p.get(label) is not None:
+                    ax.annotate(str(p[label]), (p[x], p[y]), xytext=(4, 4),
+                                textcoords="offset points", fontsize=9)
         if logx:
             ax.set_xscale("log")
         ax.set_xlabel(f"{x} ({'lower' if x_lower_is_better else 'higher'} is better)")
         ax.set_ylabel(f"{y} ({'higher' if y_higher_is_better else 'lower'} is better)")
         if title:
             ax.set_title(title)
-        ax.legend()
+        if named:  # beside the axes: a long list of names must not cover the points
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9)
+        else:
+            ax.legend()
     return fig
 
 

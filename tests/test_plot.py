@@ -157,6 +157,18 @@ def test_pareto_plot_artists():
     assert ax.get_xscale() == "log" and ax.get_title() == "quality vs cost"
 
 
+def test_pareto_legend_labels_cannot_overlap():
+    """labels='legend': named points get their own marker and a legend entry, no text on the axes."""
+    pts = [dict(p, label=p["name"] if p["name"] in "FAB" else None) for p in POINTS]
+    ax = plot.pareto(pts, x="ms", y="acc", label="label", labels="legend").axes[0]
+    assert len(ax.texts) == 0
+    names = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert names[:2] == ["other points", "Pareto front"] and sorted(names[2:]) == ["A", "B", "F"]
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 7  # every valid point drawn once
+    with pytest.raises(ValueError, match="labels"):
+        plot.pareto(POINTS, x="ms", y="acc", labels="beside")
+
+
 def test_pareto_plot_rejects_no_points():
     with pytest.raises(ValueError, match="ms"):
         plot.pareto([{"name": "x"}], x="ms", y="acc")
