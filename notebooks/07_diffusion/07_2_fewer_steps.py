@@ -362,11 +362,11 @@ ml.glue("d72_euler50_vs_10", compared(fd("flow, Euler", 50), fd("flow, Euler", 1
 # steps and {glue:}`d72_fd_ddim10_eta1` at 10 ($\eta = 0$ is {glue:}`d72_eta0_vs_eta1_10`
 # $\eta = 1$ at 10 steps). The flow model, the same network trained for the same number of
 # steps, scores {glue:}`d72_fd_euler10` with 10 Euler steps: {glue:}`d72_flow_vs_ddpm` DDPM's
-# 1,000 steps and {glue:}`d72_flow_vs_ddim_eta1` the best DDIM at 10. Heun with 3 steps
+# 1,000 steps and {glue:}`d72_flow_vs_ddim_eta1` DDIM with $\eta = 1$ at 10. Heun with 3 steps
 # (5 NFE) scores {glue:}`d72_fd_heun3`, {glue:}`d72_heun5_vs_ddpm` DDPM; at 9 NFE Heun is
-# {glue:}`d72_heun_vs_euler` Euler at 10, and more steps do not help the flow model here
-# (Euler at 50 steps is {glue:}`d72_euler50_vs_10` Euler at 10): the error left is the
-# network's, not the integrator's. The right panel is the cost: time is proportional to
+# {glue:}`d72_heun_vs_euler` Euler at 10, and Euler at 50 steps is
+# {glue:}`d72_euler50_vs_10` Euler at 10; where more steps do not help, the error left is
+# the network's, not the integrator's. The right panel is the cost: time is proportional to
 # NFE, between {glue:}`d72_ms_per_nfe_lo` and {glue:}`d72_ms_per_nfe_hi` ms per evaluation
 # per image here (a batch of {glue:}`d72_n_eval`, on the machine in the banner), whatever the
 # sampler: its own arithmetic is free next to the network. The real-vs-real floor

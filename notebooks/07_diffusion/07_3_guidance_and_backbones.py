@@ -295,10 +295,10 @@ ml.glue("d73_floor_sd", floor_sd, ".3g")
 # the same FLOPs. It scores {glue:}`d73_fd_dit` against the U-Net's {glue:}`d73_fd_unet`:
 # {glue:}`d73_dit_vs_unet` it (real-vs-real floor {glue:}`d73_floor` ±
 # {glue:}`d73_floor_sd`; one seed each). DiT's own paper trains for hundreds of thousands of
-# steps on latents of ImageNet, where transformers catch up with and pass U-Nets as compute
-# grows; at a budget of minutes the convolution's built-in locality is worth more than the
-# transformer's flexibility, and a DiT with $4\times4$ patches has little resolution to work
-# with (exercise 3 halves the patch). Per evaluation the U-Net is {glue:}`d73_speed_words` the DiT
+# steps on ImageNet latents, where its quality improves steadily with compute; at a budget
+# of minutes, a convolution's built-in locality can be worth more than a transformer's
+# flexibility, and a DiT with $4\times4$ patches has little resolution to work with
+# (exercise 3 halves the patch). Per evaluation the U-Net is {glue:}`d73_speed_words` the DiT
 # ({glue:}`d73_speed`x in interleaved runs; FLOPs alone do not decide it: convolutions on
 # small maps and attention over a few dozen tokens reach different fractions of the
 # machine's peak), and a DiT training step needs {glue:}`d73_mem_ratio` times the U-Net's
