@@ -60,7 +60,9 @@ _EXTRA_KEYS = {"cifar_cnn": (), "cifar_vit": ("placement",), "fashion_mlp": (),
 def _cifar_cnn_config() -> dict[str, Any]:
     cfg = pick(
         smoke=dict(width=8, n_train=1000, n_test=500, epochs=1, batch_size=64),
-        cpu=dict(width=16, n_train=10_000, n_test=2_000, epochs=4, batch_size=128),
+        # cpu: all 50,000 training images and the full test set (measured: 83.4% in 186 s on
+        # 2 busy cores; 10,000 images at batch 128 gave 68.7%): a baseline worth comparing.
+        cpu=dict(width=16, n_train=50_000, n_test=10_000, epochs=4, batch_size=64),
         gpu=dict(width=64, n_train=50_000, n_test=10_000, epochs=24, batch_size=512),
     )
     # Page sums the loss over the batch and uses lr 0.4 / 512 per example and weight decay
@@ -90,7 +92,7 @@ def _cifar_vit_config() -> dict[str, Any]:
 def _fashion_mlp_config() -> dict[str, Any]:
     return pick(
         smoke=dict(hidden=[128, 128], n_train=2000, n_test=1000, epochs=1),
-        cpu=dict(hidden=[1024, 1024], n_train=60_000, n_test=10_000, epochs=4),
+        cpu=dict(hidden=[1024, 1024], n_train=60_000, n_test=10_000, epochs=10),
         gpu=dict(hidden=[1024, 1024], n_train=60_000, n_test=10_000, epochs=20),
     ) | dict(seed=0, batch_size=256, dropout=0.2, lr=1e-3, weight_decay=0.01,
              warmup_fraction=0.05, final_lr=0.0)
@@ -208,13 +210,16 @@ def cifar_cnn(*, retrain: bool = False, variant: str | None = None,
     def train(model: nn.Module) -> History:
         x, y = _shrink(*data.cifar10(train=True), cfg["n_train"])
         xt, yt = _shrink(*data.cifar10(train=False), cfg["n_test"])
+        # NHWC convolutions are faster on tensor cores and in oneDNN's CPU kernels
+        # (measured on 2 cores: 1.4x per training step at width 16, batch 64).
+        nhwc = dev.type in ("cuda", "cpu")
         norm = dict(mean=data.CIFAR10_MEAN, std=data.CIFAR10_STD, device=dev,
-                    channels_last=dev.type == "cuda")
+                    channels_last=nhwc)
         loader = data.DeviceLoader(x, y, cfg["batch_size"], shuffle=True, drop_last=True,
                                    crop_padding=cfg["crop_padding"], flip=cfg["flip"],
                                    cutout=cfg["cutout"], **norm)
         test = data.DeviceLoader(xt, yt, 1000, shuffle=False, **norm)
-        if dev.type == "cuda":  # NHWC convolutions are faster on tensor cores
+        if nhwc:
             model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                     nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
@@ -222,7 +227,8 @@ def cifar_cnn(*, retrain: bool = False, variant: str | None = None,
         return fit(model, loader, optimizer=optimizer, epochs=cfg["epochs"],
                    schedule=one_cycle(total, warmup=cfg["warmup"]),
                    label_smoothing=cfg["label_smoothing"], eval_loader=test,
-                   eval_tta=cfg["tta"], desc="ResNet-9 / CIFAR-10")
+                   eval_every=cfg.get("eval_epochs", 1) * len(loader), eval_tta=cfg["tta"],
+                   desc="ResNet-9 / CIFAR-10")
 
     base_metrics = _classifier_metrics(torch.zeros(1, 3, 32, 32))
 
@@ -272,7 +278,7 @@ def cifar_vit(*, retrain: bool = False, variant: str | None = None,
                    schedule=warmup_cosine(total, int(cfg["warmup_fraction"] * total),
                                           final=cfg["final_lr"]),
                    label_smoothing=cfg["label_smoothing"], eval_loader=test,
-                   desc="ViT / CIFAR-10")
+                   eval_every=cfg.get("eval_epochs", 1) * len(loader), desc="ViT / CIFAR-10")
 
     return train_or_load(name, cfg, build, train, retrain=retrain, device=dev,
                          metrics=_classifier_metrics(torch.zeros(1, 3, 32, 32)))
@@ -305,7 +311,8 @@ def fashion_mlp(*, retrain: bool = False) -> tuple[nn.Module, dict[str, Any]]:
         return fit(model, loader, optimizer=optimizer, epochs=cfg["epochs"],
                    schedule=warmup_cosine(total, int(cfg["warmup_fraction"] * total),
                                           final=cfg["final_lr"]),
-                   eval_loader=test, desc="MLP / Fashion-MNIST")
+                   eval_loader=test, eval_every=cfg.get("eval_epochs", 1) * len(loader),
+                   desc="MLP / Fashion-MNIST")
 
     return train_or_load("fashion_mlp", cfg, build, train, retrain=retrain, device=dev,
                          metrics=_classifier_metrics(torch.zeros(1, 1, 28, 28)))

@@ -1165,11 +1165,12 @@ def recipe(name: str, scale: int, residual: bool = True) -> dict:
     patches of T91 with the 8 symmetries, degraded by the "y-first" protocol of
     :func:`make_pair`, L1 loss, Adam with a warm-up + cosine schedule (decaying to 1% of
     the learning rate, so the last steps anneal); evaluated on Set5 (smoke scale) or Set5,
-    Set14 and BSD100. gpu: 1,000 steps of 64 patches (all networks and the ablation of
-    notebook 8.2 in about 15 s on one H100, by estimate). These networks are so small
-    that a GPU step should be bound by kernel launches, not arithmetic (a WindowSR step
-    dispatches about 1,200 ops, a CNN step 140-220), so a larger batch costs about the
-    same time per step while each step sees more data: the budget goes into the batch.
+    Set14 and BSD100. gpu: 800 steps of 64 patches (the four networks and the ablation of
+    notebook 8.2 in about 8 s on one H100, by estimate: about 6 ms per WindowSR step and
+    1 ms per CNN step). These networks are so small that a GPU step should be bound by
+    kernel launches, not arithmetic (a WindowSR step dispatches about 1,200 ops, a CNN
+    step 140-220), so a larger batch costs about the same time per step while each step
+    sees more data: the budget goes into the batch.
     The dict is the cache key of :func:`trained_model`, so changing any value retrains.
     """
     from .env import pick
@@ -1181,7 +1182,7 @@ def recipe(name: str, scale: int, residual: bool = True) -> dict:
         "train_set": "T91",
         "patch": pick(smoke=16, cpu=16, gpu=24),
         "batch": pick(smoke=4, cpu=16, gpu=64),
-        "steps": pick(smoke=10, cpu=500, gpu=1000),
+        "steps": pick(smoke=10, cpu=500, gpu=800),
         "lr": 2e-3 if name == "windowsr" else 1e-3,
         "loss": "l1", "protocol": "y-first",       # the degradation of train and test pairs
         "eval_sets": pick(smoke=["Set5"], cpu=list(EVAL_SETS), gpu=list(EVAL_SETS)),

@@ -41,7 +41,8 @@ from torch import Tensor
 
 __all__ = ["METHODS", "cls_attention", "topk_by_attention", "fuse_pruned", "uniform_grid",
            "bipartite_merge", "keep_schedule", "PrunedViT", "vit_p2", "CHAPTER_METHODS",
-           "chapter_stages", "chapter_schedule", "chapter_points", "finetuned", "cifar_loader", "correct", "finetune"]
+           "chapter_stages", "chapter_schedule", "chapter_points", "finetuned", "cifar_loader",
+           "correct", "finetune"]
 
 METHODS: tuple[str, ...] = ("topk", "fuse", "feather", "merge")
 
@@ -132,7 +133,7 @@ def fuse_pruned(x: Tensor, cls_attn: Tensor, keep: int) -> tuple[Tensor, Tensor]
     x_kept, index = topk_by_attention(x, cls_attn, keep)
     if keep == cls_attn.shape[1]:
         return x_kept, index
-    w = cls_attn.scatter(1, index, 0.0)                                      # (B, N): a_j of pruned tokens only
+    w = cls_attn.scatter(1, index, 0.0)                               # (B, N): a_j of the pruned only
     total = w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)  # (B, 1)
     fused = (w / total)[:, None, :] @ x[:, 1:]                              # (B, 1, C): the weighted average
     return torch.cat([x_kept, fused], dim=1), index
@@ -196,7 +197,7 @@ def bipartite_merge(x: Tensor, r: int, metric: Tensor | None = None,
     m = m / m.norm(dim=-1, keepdim=True)
     sim = m[:, ::2] @ m[:, 1::2].transpose(1, 2)         # (B, |A|, |B|): cosine similarity s_ij
     sim[:, 0] = -math.inf                                  # the class token (first of A) never merges
-    best, dst = sim.max(dim=-1)                            # (B, |A|): best score and partner j* of each A token
+    best, dst = sim.max(dim=-1)                            # (B, |A|): best s_ij and partner j* of each i
     order = best.argsort(dim=-1, descending=True)          # (B, |A|): most similar first
     src, unm = order[:, :r], order[:, r:].sort(dim=-1).values   # (B, r) merged, (B, |A| - r) kept, in order
     dst = dst.gather(1, src)                               # (B, r): the partner in B of each merged token
@@ -328,7 +329,7 @@ class PrunedViT(nn.Module):
         C = x.shape[-1]
         t = x if src is None else torch.cat([x, src], dim=-1)       # sources ride along as channels
         if method == "merge" and n > 0:
-            t, size = bipartite_merge(t, n, metric=k.mean(dim=1), size=size)   # ToMe: keys averaged over heads
+            t, size = bipartite_merge(t, n, metric=k.mean(dim=1), size=size)   # ToMe: mean key of heads
         elif method in ("topk", "fuse", "feather"):
             a = cls_attention(q, k, size if self.prop_attn else None)
             if method == "feather":
@@ -349,8 +350,8 @@ def vit_p2(*, retrain: bool = False) -> tuple[nn.Module, dict]:
 
     Trained through ``ml.baselines.cifar_vit(variant="p2", patch_size=2, ...)``, so it is
     cached like the baselines and later chapters can reuse it. Four times the tokens cost
-    about five times the compute per image, so the cpu and gpu scales pin the width and
-    depth and shorten the schedule to fit their budgets (notebook 4.1 lists the settings).
+    about six times the compute per image (width 64), so the cpu and gpu scales pin the width
+    and depth and shorten the schedule to fit their budgets (notebook 4.1 lists the settings).
     """
     from . import baselines
     from .env import pick
@@ -413,14 +414,15 @@ def finetuned(method: str, amount: float) -> tuple[nn.Module, dict]:
     in place, for a quarter of its training images (cached; ``method="none"``: the control,
     the unpruned ViT fine-tuned the same way)."""
     from . import train as _train
-    from .env import pick
+    from .env import pick, trim
     vit, rec = vit_p2()
     schedule = chapter_schedule(method, amount, vit.num_patches, len(vit.blocks))
     slug = f"{method}-{amount}".replace(" ", "").lower()
-    return finetune(vit, schedule, name=f"p2-ft-{slug}", base=_train.cache_key(rec["name"], rec["config"]),
+    return finetune(vit, schedule, name=f"p2-ft-{slug}",
+                    base=_train.cache_key(rec["name"], rec["config"]),
                     steps=pick(smoke=4, cpu=100, gpu=200), lr=pick(smoke=1e-4, cpu=2e-4, gpu=2e-4),
-                    batch_size=pick(smoke=32, cpu=128, gpu=512), n_train=rec["config"]["n_train"],
-                    stride=FEATHER_STRIDE)
+                    batch_size=trim(pick(smoke=32, cpu=128, gpu=512), keep=8),   # dry run: 8
+                    n_train=rec["config"]["n_train"], stride=FEATHER_STRIDE)
 
 
 def cifar_loader(train: bool, n: int, batch_size: int, *, flip: bool = False,
@@ -438,11 +440,14 @@ def cifar_loader(train: bool, n: int, batch_size: int, *, flip: bool = False,
 def correct(model: nn.Module, loader) -> Tensor:
     """Per-image correctness ``argmax(model(x)) == y`` over ``loader``, in fp32 eval mode:
     a bool tensor (n,) on the CPU, for accuracies and paired tests (``ml.bench.mcnemar``)."""
+    from itertools import islice
+
+    from .env import trim
     was_training, out = model.training, []
     model.eval()
     try:
         with torch.inference_mode():
-            for x, y in loader:
+            for x, y in islice(loader, trim(len(loader))):        # a dry run stops after 2 batches
                 out.append((model(x).argmax(-1) == y).cpu())
     finally:
         model.train(was_training)

@@ -145,7 +145,7 @@ plt.show()
 with torch.no_grad():
     top_share = []
     for b in range(len(vit.blocks)):
-        h = vit.blocks[b].norm1(block_input(vit, images, b))
+        h = vit.blocks[b].norm1(block_input(vit, images[:256], b))
         a_b = T.cls_attention(*qk(vit.blocks[b].attn, h))
         top = a_b.topk(a_b.shape[1] // 4, dim=1).values.sum(1) / a_b.sum(1)
         top_share.append(100 * top.mean().item())
@@ -363,7 +363,7 @@ ml.bench.Table(sched_rows, title=f"Schedules on the patch-2 ViT ({N + 1} tokens,
 # `ml.bench.mcnemar`): on the same images, most of the sampling noise cancels.
 
 # %%
-n_eval = ml.pick(smoke=500, cpu=3000, gpu=10_000)
+n_eval = ml.trim(ml.pick(smoke=500, cpu=3000, gpu=10_000), keep=20)   # a dry run: 20 images
 eval_loader = T.cifar_loader(False, n_eval, 500, device=dev)
 correct_full = T.correct(vit, eval_loader)
 acc_full = correct_full.float().mean().item()
