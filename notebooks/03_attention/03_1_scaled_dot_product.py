@@ -69,7 +69,7 @@ dev = ml.device()
 MiB = 2**20
 
 # %% [markdown]
-# ## 1. Scaled dot-product attention
+# ## 3.1.1 Scaled dot-product attention
 #
 # Stack the queries of $T_q$ tokens as the rows of $Q \in \mathbb{R}^{T_q \times d}$, the keys
 # and values of $T_k$ tokens as $K \in \mathbb{R}^{T_k \times d}$ and
@@ -119,7 +119,7 @@ assert fwd_err < 1e-12 and grad_err < 1e-12
 # Autograd differentiates our four lines for free, and forward and backward agree with
 # PyTorch to rounding error in float64.
 #
-# ### 1.1 Why divide by $\sqrt d$?
+# ### 3.1.1.1 Why divide by $\sqrt d$?
 #
 # Suppose the entries of a query $q$ and a key $k$ are independent, with mean 0 and
 # variance 1 (roughly what a LayerNorm followed by a freshly initialized projection
@@ -186,7 +186,7 @@ plt.show()
 # Jacobian is even larger than the scaled one: what the scale buys is the same softmax at
 # every $d$, so a wider head does not change how sharp attention starts out.)
 #
-# ### 1.2 Masks: causal, padding, and rows with nothing to see
+# ### 3.1.1.2 Masks: causal, padding, and rows with nothing to see
 #
 # Two masks cover most uses, and they combine with a logical *and*:
 #
@@ -278,7 +278,7 @@ ml.bench.Table(rows, title="ml.attention.scaled_dot_product vs F.scaled_dot_prod
 # In every case, forward and backward, the library matches PyTorch to within
 # {glue:}`a31_sdp_worst` in float64, including the empty sequence (zero output, zero gradients).
 #
-# ### 1.3 Several heads
+# ### 3.1.1.3 Several heads
 #
 # One attention is one way of weighting the tokens. **Multi-head attention** runs $H$ of
 # them side by side on slices of width $d = C/H$ of the model width $C$
@@ -329,7 +329,7 @@ assert max(fe, ge, fe_lib, ge_lib) < 1e-10
 ml.show(ml.attention.MultiHeadAttention.forward)
 
 # %% [markdown]
-# ### 1.4 What attention costs as $T$ grows
+# ### 3.1.1.4 What attention costs as $T$ grows
 #
 # **FLOPs.** Per head and sequence, $S = QK^\top$ multiplies $(T \times d)$ by
 # $(d \times T)$: $T^2$ dot products of length $d$, $2T^2d$ FLOPs (a multiply-add is 2).
@@ -425,11 +425,11 @@ plt.show()
 # {glue:}`a31_library_ratio` (its safe softmax holds $S$, $e^{S - m}$ and $P$ at once), which
 # is {glue:}`a31_mem_lib_Tmax` for one layer at $T=$ {glue:}`a31_mem_Tmax` with only 4 heads
 # and one sequence. Training is worse: the backward pass needs $P$, so autograd keeps it
-# for every layer until the backward reaches it (section 2.3 measures it).
+# for every layer until the backward reaches it (section 3.1.2.3 measures it).
 #
-# ## 2. Attention without the $T \times T$ matrix
+# ## 3.1.2 Attention without the $T \times T$ matrix
 #
-# ### 2.1 The online softmax
+# ### 3.1.2.1 The online softmax
 #
 # The obstacle to processing keys in pieces is the softmax: its denominator needs every
 # score of the row. The usual stable softmax makes three passes over a row
@@ -568,11 +568,11 @@ ml.bench.Table(rows, title=f"peak memory in T x T matrices (T = {T_b}, one head,
 # $T =$ {glue:}`a31_T_b` (a few $T \times b$ slices). Trained through autograd it needs
 # {glue:}`a31_blockwise_fb` matrices: less than the naive version's {glue:}`a31_naive_fb_b`,
 # but still quadratic in $T$, because the saved slices add up to the whole matrix. The
-# library's `tiled_attention` (last row, section 2.2) needs {glue:}`a31_tiled_fb_b`. A
+# library's `tiled_attention` (last row, section 3.1.2.2) needs {glue:}`a31_tiled_fb_b`. A
 # memory-efficient *forward* is not enough for training: the backward pass needs its own
 # algorithm.
 #
-# ### 2.2 FlashAttention: tiles of queries and keys
+# ### 3.1.2.2 FlashAttention: tiles of queries and keys
 #
 # FlashAttention {cite}`dao2022flashattention` tiles both sides. The queries are cut into
 # blocks of $b$ rows; for each query block an inner loop walks over the key blocks with
@@ -600,9 +600,11 @@ ml.show(ml.attention._flash_forward)
 # **The backward pass.** With $S = \text{scale}\cdot QK^\top$, $P = \operatorname{softmax}(S)$
 # and $O = PV$, the chain rule gives, for an upstream gradient $dO$,
 #
-# $$dV = P^\top dO, \qquad dP = dO\, V^\top, \qquad
-# dS_{ij} = P_{ij}\,\big(dP_{ij} - \delta_i\big), \qquad
-# dQ = \text{scale}\cdot dS\,K, \qquad dK = \text{scale}\cdot dS^\top Q,$$
+# $$\begin{aligned}
+# dV &= P^\top dO, & dP &= dO\, V^\top, \\
+# dS_{ij} &= P_{ij}\,\big(dP_{ij} - \delta_i\big), & & \\
+# dQ &= \text{scale}\cdot dS\,K, & dK &= \text{scale}\cdot dS^\top Q,
+# \end{aligned}$$
 #
 # where $\delta_i = \sum_j P_{ij}\, dP_{ij}$ comes from the softmax's Jacobian
 # $\operatorname{diag}(p) - pp^\top$. Two facts make this computable tile by tile. First,
@@ -669,7 +671,7 @@ ml.glue("a31_causal_fraction", flops_causal / flops_full, ".3f")
 _ = ml.glue("a31_causal_T", T_c)
 
 # %% [markdown]
-# ### 2.3 Memory and time against sequence length
+# ### 3.1.2.3 Memory and time against sequence length
 #
 # Now the measurement this notebook is about. For each sequence length we measure the peak
 # memory of the forward pass alone (inference) and of forward plus backward (training), and
@@ -827,7 +829,7 @@ _ = ml.glue("a31_tiled_fb_ratio_max", fb_ratios.max(), ".1f")
 # tiling to the CPU's caches: its memory is linear like ours, without our loop's Python
 # overhead (compare the time columns).
 #
-# ### 2.4 PyTorch's attention backends
+# ### 3.1.2.4 PyTorch's attention backends
 #
 # `F.scaled_dot_product_attention` chooses among several implementations ("backends"):
 # **FLASH_ATTENTION** (FlashAttention-2 on CUDA, a fused tiled kernel on CPU),
@@ -921,8 +923,8 @@ ml.bench.Table(cpu_rows, title=f"F.sdpa backends on the CPU, (B, H, T, d) = (1, 
 # | --- | --- | --- | --- |
 # | {cite}`vaswani2017attention` | dot products grow large in magnitude with $d$, pushing the softmax into regions of tiny gradients; scaling by $1/\sqrt d$ counters it | $\operatorname{Var}(q\cdot k)/d =$ {glue:}`a31_var_over_d`; unscaled max weight {glue:}`a31_maxw_unscaled` vs {glue:}`a31_maxw_scaled` scaled, Jacobian {glue:}`a31_jac_ratio` times larger with the scale | random unit-variance $q, k$, $d=$ {glue:}`a31_dmax`, 128 keys |
 # | {cite}`milakov2018online` | the softmax normalizer can be computed online, in one pass, exactly (and the paper measures softmax up to 1.3x faster from fewer memory accesses) | exact: max error {glue:}`a31_online_err` for one query row and {glue:}`a31_tiled_worst` for tiled attention, in float64; speed of a fused softmax not measured | CPU, float64 |
-# | {cite}`dao2022flashattention` | exact attention with memory linear in sequence length | memory grows as $T^p$ with $p =$ {glue:}`a31_slope_fwd_tiled` (forward) and {glue:}`a31_slope_fb_tiled` (training) for tiled, {glue:}`a31_slope_fb_naive` for naive (slope of the growth, section 2.3) | CPU, one head, $d=64$, $T\le$ {glue:}`a31_Tmax` |
-# | {cite}`dao2022flashattention` | faster than standard attention on GPU (e.g. 3x end-to-end training speedup on GPT-2 at 1K tokens), because HBM traffic drops | **not measurable here**: no GPU. On CPU our unfused tiled loop takes {glue:}`a31_tiled_fb_ratio_min` to {glue:}`a31_tiled_fb_ratio_max` times the naive training time; PyTorch's fused CPU kernel {glue:}`a31_sdpa_time_ratio_fb` times at $T=$ {glue:}`a31_Tmax` | CPU; the GPU cell of section 2.4 measures it on a GPU |
+# | {cite}`dao2022flashattention` | exact attention with memory linear in sequence length | memory grows as $T^p$ with $p =$ {glue:}`a31_slope_fwd_tiled` (forward) and {glue:}`a31_slope_fb_tiled` (training) for tiled, {glue:}`a31_slope_fb_naive` for naive (slope of the growth, section 3.1.2.3) | CPU, one head, $d=64$, $T\le$ {glue:}`a31_Tmax` |
+# | {cite}`dao2022flashattention` | faster than standard attention on GPU (e.g. 3x end-to-end training speedup on GPT-2 at 1K tokens), because HBM traffic drops | **not measurable here**: no GPU. On CPU our unfused tiled loop takes {glue:}`a31_tiled_fb_ratio_min` to {glue:}`a31_tiled_fb_ratio_max` times the naive training time; PyTorch's fused CPU kernel {glue:}`a31_sdpa_time_ratio_fb` times at $T=$ {glue:}`a31_Tmax` | CPU; the GPU cell of section 3.1.2.4 measures it on a GPU |
 # | {cite}`dao2024flashattention2` | about 2x faster than FlashAttention-1 from better parallelism (query blocks in the outer loop) and fewer non-matmul FLOPs | not measurable here: the loop order is FA-2's, its speed needs the CUDA kernel | |
 # | {cite}`rabe2021selfattention` | $O(\sqrt n)$ memory in practice ($O(1)$ per query); at $n=16384$ the attention memory overhead drops 59x for inference and 32x for differentiation | {glue:}`a31_save_fwd`x (inference) and {glue:}`a31_save_fb`x (training) less memory than naive, at $T=$ {glue:}`a31_Tmax` | ours is $O(T)$ (we store the output), at half or less their $n$ |
 # | {cite}`dao2024flashattention2` | with a causal mask, skipping the tiles above the diagonal makes attention about 1.7-1.8x faster than without the mask | causal / full FLOPs {glue:}`a31_causal_fraction` at $T=$ {glue:}`a31_causal_T` (tiles of 64): the work is about halved; time not measured | FLOP counter; the speedup needs the CUDA kernel |

@@ -64,7 +64,7 @@ ml.describe()
 dev = ml.device()
 
 # %% [markdown]
-# ## 1. Why decoding without a cache is slow
+# ## 3.2.1 Why decoding without a cache is slow
 #
 # Chapter 1's CharGPT generates with `CharGPT.generate(..., kv_cache=False)`: at step $t$
 # it feeds the last (up to `block_size`) tokens, takes the logits of the **last** position,
@@ -110,7 +110,7 @@ assert err < 1e-4
 # measures both, step by step.
 
 # %% [markdown]
-# ## 2. The KV cache
+# ## 3.2.2 The KV cache
 #
 # **What is stored.** For each of the $L$ layers, the keys and the values of every past
 # token, for each of the $B$ sequences of the batch and each of the $H_{kv}$ key/value
@@ -371,7 +371,7 @@ ml.bench.Table(long_rows, title=f"Generation with a {long_block}-token window, b
 # At {glue:}`a32_long_n` tokens the cache is {glue:}`a32_long_speedup` times faster, and
 # the gap keeps widening with the length.
 #
-# ## 3. Multi-query and grouped-query attention
+# ## 3.2.3 Multi-query and grouped-query attention
 #
 # The cache trades compute for memory, and at scale the memory wins the argument. Each
 # decoding step must read the model's weights **and the whole cache** to produce one token

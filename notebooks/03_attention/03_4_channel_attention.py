@@ -68,7 +68,7 @@ ml.describe()
 dev = ml.device()
 
 # %% [markdown]
-# ## 1. Attention over channels
+# ## 3.4.1 Attention over channels
 #
 # Take a feature map $x \in \mathbb{R}^{C \times H \times W}$ (one image). SE computes one
 # gate per channel in two steps {cite}`hu2018senet`:
@@ -208,7 +208,7 @@ ml.show(ml.attention.SqueezeExcite)
 ml.show(ml.attention.ECA)
 
 # %% [markdown]
-# ## 2. What they cost: parameters, FLOPs, and time
+# ## 3.4.2 What they cost: parameters, FLOPs, and time
 #
 # ResNet-9 at this scale has width $w$ (the baseline's configuration), so its two residual
 # branches have $2w$ channels at $16 \times 16$ and $8w$ channels at $4 \times 4$. We count
@@ -314,9 +314,9 @@ _ = ml.glue("a34_ops_eca", sum(op_counts["ECA"].values()))
 # %%
 def branch_timing(C, H, batch, factory, repeat):
     """Median time of a residual branch's two convolution blocks, and of its attention module."""
-    convs = nn.Sequential(ml.models.ConvBlock(C, C), ml.models.ConvBlock(C, C)).eval()
-    attn = factory(C).eval()
-    x = torch.randn(batch, C, H, H)
+    convs = nn.Sequential(ml.models.ConvBlock(C, C), ml.models.ConvBlock(C, C)).to(dev).eval()
+    attn = factory(C).to(dev).eval()
+    x = torch.randn(batch, C, H, H, device=dev)
     with torch.no_grad():
         y = convs(x)
         t_conv = ml.bench.time_fn(convs, x, warmup=3, repeat=repeat).median
@@ -357,7 +357,7 @@ branch_table
 # matters most at batch 1. Whether all this matters for the whole network is what the
 # throughput measurements of the next section say.
 #
-# ## 3. Training ResNet-9 with SE and with ECA
+# ## 3.4.3 Training ResNet-9 with SE and with ECA
 #
 # We train chapter 1's recipe unchanged (same data subset, epochs, schedule, augmentation
 # and seed; `ml.baselines.cifar_cnn` with `channel_attn=`), once with SE (reduction 16) and
@@ -524,7 +524,7 @@ print("on the latency front:", ", ".join(p["name"] for p in ml.plot.pareto_front
 # do not say that SE or ECA make the *recipe* worse: each model was trained once, and a
 # second seed of the same recipe lands somewhere else too (exercise 1). We have not
 # isolated the cause either. Candidates to test: the gates start near $\sigma(0) = 0.5$
-# and stay in that region (section 4), which shrinks both residual branches, and the
+# and stay in that region (section 3.4.4), which shrinks both residual branches, and the
 # network has only {glue:}`a34_epochs` epochs on {glue:}`a34_n_train` images to adapt;
 # SE's bottleneck is very narrow at this width. The papers' gains were measured after
 # about a hundred epochs on ImageNet.
@@ -538,7 +538,7 @@ print("on the latency front:", ", ".join(p["name"] for p in ml.plot.pareto_front
 # training time comes from one run, possibly on a machine busy with other work
 # (`record["hardware"]`).
 #
-# ## 4. What the gates learned
+# ## 3.4.4 What the gates learned
 #
 # The forward hooks above recorded, for every test image, the gate vector $s$ of each
 # module, computed by our own `se_naive` / `eca_naive` from the trained weights (and
@@ -664,7 +664,7 @@ ml.bench.Table(rows, title="test accuracy with input-dependent vs constant gates
 # but a loss with this p-value is one the test set cannot tell from noise: neither model
 # measurably relies on its per-image gates.
 #
-# ## 5. The wider zoo
+# ## 3.4.5 The wider zoo
 #
 # SE and ECA gate channels with one number per channel. Many later modules add a
 # **spatial** gate as well, one number per position, computed from the channels.
@@ -754,7 +754,7 @@ ml.bench.Table(rows, title="test accuracy with input-dependent vs constant gates
 #                                       channel_attn=partial(ml.attention.SqueezeExcite, reduction=4))
 # print(record4["metrics"]["test_accuracy"], records["SE"]["metrics"]["test_accuracy"])
 # ```
-# Judge the difference with the McNemar test of section 3 and with the seed-to-seed
+# Judge the difference with the McNemar test of section 3.4.3 and with the seed-to-seed
 # spread of exercise 1 before concluding that the bottleneck was the problem.
 # :::
 #
@@ -776,7 +776,7 @@ ml.bench.Table(rows, title="test accuracy with input-dependent vs constant gates
 # A learned gate depends on the image through the global mean of the feature map, which
 # is known only after the convolution has run on that image: there is no single
 # $\gamma'$ to fold it into. This is the same reason the gate cannot be fused into the
-# convolution's kernel (section 2).
+# convolution's kernel (section 3.4.2).
 # :::
 #
 # :::{dropdown} Solution 4
