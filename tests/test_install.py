@@ -1,6 +1,6 @@
 """The Colab-style install: `pip install` of the repository into a clean virtualenv.
 
-Colab has torch preinstalled; minilib asks only for `torch>=2.3` so pip must keep it.
+Colab has torch preinstalled; minilib asks only for `torch>=2.5` so pip must keep it.
 This test simulates that: a fresh venv gets torch first, then the repository, and we
 check torch was not replaced and minilib works from outside the checkout. It downloads
 nothing on the CI machine (torch comes from the local wheel there); elsewhere it runs only
