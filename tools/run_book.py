@@ -46,7 +46,20 @@ def toc_notebooks() -> list[Path]:
 
 
 def machine_load() -> tuple[float, int]:
-    """(1-minute load average, cores); the load is -1 where the OS does not report it."""
+    """(cores' worth of CPU used by other processes over one second, cores).
+
+    Sampled from ``/proc/stat`` with ``minilib.bench.machine_load`` where it can be (the
+    1-minute load average lags: right after a notebook it still counts that notebook);
+    else the load average, or -1 where the OS reports neither.
+    """
+    try:
+        sys.path.insert(0, str(ROOT))
+        from minilib.bench import machine_load as sample
+        load = sample(1.0)
+        if load.other_cores is not None:
+            return max(0.0, load.other_cores), load.cores
+    except Exception:  # no torch here, or no /proc/stat: fall back to the load average
+        pass
     try:
         return os.getloadavg()[0], os.cpu_count() or 1
     except (OSError, AttributeError):
@@ -100,7 +113,7 @@ def append_runtimes(table: Path, rows: list[dict]) -> None:
               "Written by `tools/run_book.py`: one row per notebook per run, newest last. "
               "Wall time of the whole notebook on a fresh kernel (data loading, training of "
               "models not yet cached, every measurement).\n\n"
-              "| date (UTC) | notebook | scale | dry run | device | wall (s) | load before | stored | result |\n"
+              "| date (UTC) | notebook | scale | dry run | device | wall (s) | CPU used by others just before (cores) | stored | result |\n"
               "|---|---|---|---|---|---:|---:|---|---|\n")
     if not table.exists():
         table.write_text(header)
@@ -147,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
           f"store={store}", flush=True)
     for py in paths:
         load, cores = machine_load()
-        busy = load > 0.5 * cores
+        busy = load > 0.25  # a quarter of a core used by others: ml.bench's threshold
         rel = py.relative_to(ROOT).as_posix() if py.is_relative_to(ROOT) else str(py)
-        print(f"-> {rel}  (load {load:.2f} on {cores} cores{'; BUSY: timings will be wrong' if busy else ''})",
+        print(f"-> {rel}  (other processes use {load:.2f} of {cores} cores{'; BUSY: timings will be wrong' if busy else ''})",
               flush=True)
         ok, wall, err = execute(py, args.timeout, store)
         print(f"   {'ok' if ok else 'FAILED'} in {wall:.0f} s" + (f": {err}" if err else ""), flush=True)
