@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{p} does not exist (give the notebook's .py jupytext source)")
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in stored outputs
+    # torch.compile's default pool of compile-worker processes keeps other processes busy
+    # while the next cells time things (measured: 0.38 of 2 cores, flagged as a busy
+    # machine in 2.1); compile in the kernel's own process instead.
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # inline figures
     scale = os.environ.get("BOOK_SCALE", "") or "default"
     dry = os.environ.get("BOOK_DRYRUN", "").lower() in ("1", "true", "yes")
