@@ -567,7 +567,6 @@ ml.glue("n22_width", WIDTH, "d")
 ml.glue("n22_seed_std", SEED_STD, ".3f")
 ml.glue("n22_n_seeds", n_seeds, "d")
 for p in PLACEMENT_NAMES:
-    ml.glue(f"n22_val_{p}_deep", val_deep[p], ".3f")
     for depth, tag in [(shallow, "shallow"), (mid, "mid"), (deep, "deep")]:
         ml.glue(f"n22_val_{p}_{tag}", final_val(grid[p, depth][1]), ".3f")
         ml.glue(f"n22_out_{p}_{tag}", {"stuck": "is stuck"}.get(o := outcome(grid[p, depth][1]), o))
