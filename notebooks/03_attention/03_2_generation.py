@@ -663,17 +663,26 @@ ml.glue("a32_dec_mqa_gain_bbig", d_by["MQA"][f"tok/s, batch {batches[-1]}"]
         / d_by["MHA"][f"tok/s, batch {batches[-1]}"], ".2f")
 ml.glue("a32_gpt_cache_b1", d_by["MHA"][f"cache, batch {batches[0]}"])
 ml.glue("a32_gpt_cache_bbig", d_by["MHA"][f"cache, batch {batches[-1]}"])
-ml.glue("a32_gpt_weights", ml.bench.fmt_bytes(gpt_bytes));
+ml.glue("a32_gpt_weights", ml.bench.fmt_bytes(gpt_bytes))
+mha_model = uptrained[H_gpt][0]
+cache_bytes = {bs: sum(c.nbytes for c in mha_model.make_caches(bs)) for bs in (batches[0], batches[-1])}
+ml.glue("a32_dec_mqa_gain_b1", d_by["MQA"][f"tok/s, batch {batches[0]}"]
+        / d_by["MHA"][f"tok/s, batch {batches[0]}"], ".2f")
+ml.glue("a32_w_over_cache_b1", gpt_bytes / cache_bytes[batches[0]], ".0f")
+ml.glue("a32_cache_over_w_bbig", cache_bytes[batches[-1]] / gpt_bytes, ".1f")
 
 # %% [markdown]
 # At batch 1, MHA generates {glue:}`a32_dec_mha_b1` tokens/s and MQA
 # {glue:}`a32_dec_mqa_b1`; at batch {glue:}`a32_bbig` MQA runs at
 # {glue:}`a32_dec_mqa_gain_bbig` times the speed of MHA. The MHA cache is
 # {glue:}`a32_gpt_cache_b1` at batch 1 and {glue:}`a32_gpt_cache_bbig` at batch
-# {glue:}`a32_bbig`, next to {glue:}`a32_gpt_weights` of weights: the step is dominated
-# by per-kernel overheads and by the weights, not by the cache, and shrinking the cache
-# here cannot buy much. The claim of MQA and GQA is about the
-# other regime, where the cache is most of the bytes. We can reproduce that regime on this
+# {glue:}`a32_bbig`, next to {glue:}`a32_gpt_weights` of weights. At batch 1 the weights
+# are {glue:}`a32_w_over_cache_b1` times the cache, so a decoding step reads mostly weights
+# (and pays per-kernel overheads), and MQA runs at {glue:}`a32_dec_mqa_gain_b1` times
+# MHA's speed (one run each, so a few percent either way is noise); at batch {glue:}`a32_bbig` the cache is
+# {glue:}`a32_cache_over_w_bbig` times the weights, and MQA runs at
+# {glue:}`a32_dec_mqa_gain_bbig` times MHA's speed. That is the regime the claim of MQA and
+# GQA is about: the cache is most of the bytes. We can push further into it on this
 # machine by making the cache large: a decoding step of a CharGPT-shaped model (random
 # weights) with its cache filled to a long context, at several batch sizes. The step reads
 # the weights once and the cache of every sequence:
