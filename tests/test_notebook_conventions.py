@@ -26,7 +26,6 @@ NOTEBOOKS = [p.with_suffix(".ipynb") for p in toc_notebooks()]
 # Notebooks written before these conventions, converted one by one; the set only shrinks.
 LEGACY: set[str] = {
     "03_1_scaled_dot_product", "03_2_generation", "03_3_vision_mixers", "03_4_channel_attention",
-    "05_1_affine_quantization", "05_2_post_training", "05_3_qat_and_cost",
 }
 CURRENT = [nb for nb in NOTEBOOKS if nb.stem not in LEGACY]
 
