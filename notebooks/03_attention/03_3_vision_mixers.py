@@ -684,7 +684,7 @@ for side in sides:
             continue
         run = functools.partial(layer, xs)
         with torch.inference_mode():
-            t = ml.bench.time_fn(run, warmup=1, repeat=ml.pick(smoke=2, cpu=3, gpu=10)).median
+            t = ml.bench.time_fn(run, warmup=1, repeat=ml.pick(smoke=2, cpu=7, gpu=10)).median
             mem = ml.bench.peak_memory(run)
         sweep.append({"layer": name, "T": T, "ms": 1e3 * t, "peak MB": mem / 2**20})
 
@@ -716,10 +716,12 @@ def crossover(fast, slow, key="ms"):
 
 
 def slope(name, key="ms"):
-    """Exponent p of time ~ T^p between the two largest sizes."""
-    s = series(name, key)
-    (t1, y1), (t2, y2) = sorted(s.items())[-2:]
-    return math.log(y2 / y1) / math.log(t2 / t1)
+    """Exponent p of time ~ T^p: least-squares slope in log-log over the three largest sizes
+    (two points alone made p swing by 0.5 between two runs on the same idle machine)."""
+    pts = sorted(series(name, key).items())[-3:]
+    xs, ys = [math.log(t) for t, _ in pts], [math.log(y) for _, y in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
 ml.glue("a33_cross_linear", crossover("linear (elu+1)", "softmax (fused SDPA)"))
@@ -738,15 +740,20 @@ ml.glue("a33_mem_ratio_axial",
         series("softmax (materialized)", "peak MB")[T_mat] / series("axial", "peak MB")[T_mat], ".1f")
 # Verdicts from the exponents: a scaling claim reproduces if the measured p is within 0.25 of
 # the theory. Where it is not, say why: below sqrt(T) ~ C the 8TC^2 projections dominate.
+# Axial is judged on its own below: its claim (1.5) and the projections' exponent (1) are
+# only 0.5 apart, so a 0.25 tolerance cannot tell them apart.
 theory = {"softmax (fused SDPA)": ("softmax", 2.0), "window 8x8": ("window", 1.0),
-          "axial": ("axial", 1.5), "linear (elu+1)": ("linear", 1.0)}
+          "linear (elu+1)": ("linear", 1.0)}
 held = [label for n, (label, p) in theory.items() if abs(slope(n) - p) <= 0.25]
 missed = [label for n, (label, p) in theory.items() if abs(slope(n) - p) > 0.25]
 ml.glue("a33_scaling_held", ", ".join(held) if held else "none")
 ml.glue("a33_scaling_missed", ", ".join(missed) if missed else "none")
 ml.glue("a33_side_max", sides[-1])
-ml.glue("a33_axial_verdict", "reproduces" if "axial" in held else
-        "does not reproduce at these sizes")
+p_axial = slope("axial")
+ml.glue("a33_axial_verdict",
+        "reproduces (p at least 1.4)" if p_axial >= 1.4 else
+        "does not reproduce at these sizes (p at most 1.1, the projections' exponent)" if p_axial <= 1.1 else
+        f"is only partly reproduced: p = {p_axial:.2f} lies between the projections' 1 and the claimed 1.5")
 ml.bench.Table([r for r in sweep if r["T"] in (sides[0] ** 2, sides[-2] ** 2, sides[-1] ** 2)],
                title="Selected sizes", formats={"ms": ".2f", "peak MB": ".1f"})
 
@@ -754,9 +761,9 @@ ml.bench.Table([r for r in sweep if r["T"] in (sides[0] ** 2, sides[-2] ** 2, si
 # Measured on this machine: linear attention is faster than fused softmax attention from
 # {glue:}`a33_cross_linear` on, window attention from {glue:}`a33_cross_window`; at
 # $T =$ {glue:}`a33_T_max` they are {glue:}`a33_speedup_linear`x and
-# {glue:}`a33_speedup_window`x faster. Between the two largest sizes, time grows as
-# $T^{p}$ with $p =$ {glue:}`a33_slope_soft` for softmax, {glue:}`a33_slope_window` for
-# window, {glue:}`a33_slope_axial` for axial and {glue:}`a33_slope_linear` for linear
+# {glue:}`a33_speedup_window`x faster. Over the three largest sizes (a least-squares fit
+# in log-log), time grows as $T^{p}$ with $p =$ {glue:}`a33_slope_soft` for softmax,
+# {glue:}`a33_slope_window` for window, {glue:}`a33_slope_axial` for axial and {glue:}`a33_slope_linear` for linear
 # attention (theory: 2, 1, 1.5, 1, once the $O(T^2)$ term dominates the $8TC^2$ of the
 # projections). In memory the materialized softmax matrix is the outlier: linear attention
 # needs less from {glue:}`a33_cross_linear_mem` on, and at $T =$ {glue:}`a33_T_mat` axial
@@ -862,8 +869,9 @@ plt.show()
 # | PoolFormer {cite}`yu2022metaformer` | a parameter-free pooling mixer is competitive (ImageNet) | {glue:}`a33_acc_pool`% ({glue:}`a33_pool_gap` points from softmax) | same recipe, one seed |
 #
 # The scaling claims are about arithmetic, so a CPU can test them once $T$ is large enough.
-# Measured, with "reproduces" meaning an exponent within 0.25 of the theory: {glue:}`a33_scaling_held`
-# reproduce; {glue:}`a33_scaling_missed` do not at the sizes measured. Axial attention's
+# Measured, with "reproduces" meaning an exponent within 0.25 of the theory: of softmax,
+# window and linear attention, {glue:}`a33_scaling_held` reproduce and
+# {glue:}`a33_scaling_missed` do not at the sizes measured. Axial attention's
 # $T\sqrt T$ claim {glue:}`a33_axial_verdict`: its attention costs about $8T\sqrt T\,C$ FLOPs
 # against $8TC^2$ for the projections, so the $T\sqrt T$ term only dominates once
 # $\sqrt T \gg C$, and our largest grid has $\sqrt T =$ {glue:}`a33_side_max` against a width
