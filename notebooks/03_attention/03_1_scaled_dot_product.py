@@ -43,7 +43,7 @@
 # 5. measure memory that grows as $T^2$ against memory that grows as $T$, and say why the
 #    speed of FlashAttention needs a fused GPU kernel that plain PyTorch cannot express.
 
-# %%
+# %% tags=["hide-input"]
 # Setup. On Colab, install minilib from the book's repository (elsewhere `make` did it).
 import subprocess
 import sys
@@ -154,12 +154,14 @@ for d in dims:
     rows.append(row)
 scale_table = ml.bench.Table(rows, title=f"softmax over {n_keys} keys, mean over {n_rows} random queries",
                              formats={"Var(q.k)": "{:.1f}", "Var(q.k) / d": "{:.3f}"})
+scale_table
+
+# %% tags=["remove-cell"]
 ml.glue("a31_var_over_d", rows[-1]["Var(q.k) / d"], ".2f")
 ml.glue("a31_dmax", dims[-1])
 ml.glue("a31_maxw_unscaled", rows[-1]["max weight, unscaled"], ".2f")
 ml.glue("a31_maxw_scaled", rows[-1]["max weight, 1/sqrt(d)"], ".3f")
 ml.glue("a31_jac_ratio", rows[-1]["|J|_F, 1/sqrt(d)"] / rows[-1]["|J|_F, unscaled"], ".1f")
-scale_table
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -270,9 +272,12 @@ for name, ours, theirs in cases:
     rows.append({"case": name, "forward max |err|": fe, "gradient max |err|": ge})
 worst = max(max(r["forward max |err|"], r["gradient max |err|"]) for r in rows)
 assert worst < 1e-10, worst
-ml.glue("a31_sdp_worst", worst, ".1e")
 ml.bench.Table(rows, title="ml.attention.scaled_dot_product vs F.scaled_dot_product_attention (float64)",
                formats={"forward max |err|": "{:.1e}", "gradient max |err|": "{:.1e}"})
+
+# %% tags=["remove-cell"]
+ml.glue("a31_sdp_worst", worst, ".1e")
+
 
 # %% [markdown]
 # In every case, forward and backward, the library matches PyTorch to within
@@ -361,10 +366,12 @@ flops_table = ml.bench.Table(rows, title=f"FLOPs of one attention layer, C={C_co
                              | {"attention share of the layer": "{:.0%}"})
 assert all(r["counted QK^T + PV"] == r["formula 4 H T^2 d"] for r in rows)
 assert all(r["projections 8 T C^2"] == 8 * r["T"] * C_cost**2 for r in rows)
+flops_table
+
+# %% tags=["remove-cell"]
 ml.glue("a31_crossover_T", 2 * C_cost)
 ml.glue("a31_core_share", rows[-1]["attention share of the layer"] * 100, ".0f")
 ml.glue("a31_flops_Tmax", Ts_flops[-1])
-flops_table
 
 # %% [markdown]
 # The counter agrees with $4HT^2d$ exactly, and the projections with $8TC^2$. At
@@ -400,11 +407,13 @@ mem_table = ml.bench.Table(rows, title=f"peak forward memory, B={B_mem}, H={H_me
                            formats={c: ml.bench.fmt_bytes for c in ("formula 4 B H T^2", "textbook attention()",
                                                                      "ml.attention.scaled_dot_product")}
                            | {"textbook / formula": "{:.2f}", "library / formula": "{:.2f}"})
+mem_table
+
+# %% tags=["remove-cell"]
 ml.glue("a31_textbook_ratio", rows[-1]["textbook / formula"], ".2f")
 ml.glue("a31_library_ratio", rows[-1]["library / formula"], ".2f")
 ml.glue("a31_mem_Tmax", Ts_mem[-1])
 ml.glue("a31_mem_lib_Tmax", ml.bench.fmt_bytes(rows[-1]["ml.attention.scaled_dot_product"]))
-mem_table
 
 # %%
 fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -484,9 +493,12 @@ for j, t in enumerate(trace):                                 # check the invari
 online_err = max_err(out_online, out_ref)
 print(f"online softmax vs softmax(s) @ V: max |error| {online_err:.1e}")
 assert online_err < 1e-12
-ml.glue("a31_online_err", online_err, ".1e")
 ml.bench.Table(trace, title="the state of the online softmax, key by key",
                formats={c: "{:.4f}" for c in trace[0] if c != "key j"})
+
+# %% tags=["remove-cell"]
+ml.glue("a31_online_err", online_err, ".1e")
+
 
 # %% [markdown]
 # The last column recomputes $\sum_{i\le j} e^{s_i - m_j}$ from scratch at every step and
@@ -555,13 +567,15 @@ for name, fn in [("naive ml.attention.scaled_dot_product", ml.attention.scaled_d
                  (f"ml.attention.tiled_attention, tiles of {b_b}", lambda a, b, c: ml.attention.tiled_attention(a, b, c, block_size=b_b))]:
     rows.append({"implementation": name, "forward (no grad)": inference(fn) / (4 * T_b**2),
                  "forward + backward": train_step(fn) / (4 * T_b**2)})
+ml.bench.Table(rows, title=f"peak memory in T x T matrices (T = {T_b}, one head, d = 64, float32)",
+               formats={"forward (no grad)": "{:.2f}", "forward + backward": "{:.2f}"})
+
+# %% tags=["remove-cell"]
 ml.glue("a31_blockwise_fwd", rows[1]["forward (no grad)"], ".2f")
 ml.glue("a31_blockwise_fb", rows[1]["forward + backward"], ".1f")
 ml.glue("a31_naive_fb_b", rows[0]["forward + backward"], ".1f")
 ml.glue("a31_tiled_fb_b", rows[2]["forward + backward"], ".2f")
 ml.glue("a31_T_b", T_b)
-ml.bench.Table(rows, title=f"peak memory in T x T matrices (T = {T_b}, one head, d = 64, float32)",
-               formats={"forward (no grad)": "{:.2f}", "forward + backward": "{:.2f}"})
 
 # %% [markdown]
 # For inference the block loop needs {glue:}`a31_blockwise_fwd` of a $T \times T$ matrix at
@@ -649,9 +663,11 @@ for Tq, Tk, causal, block in [(100, 100, False, 32), (100, 100, True, 32), (64, 
 err_cols = [c for c in rows[0] if c.startswith("vs")]
 tiled_worst = max(r[c] for r in rows for c in err_cols if c in r)
 assert tiled_worst < 1e-10, tiled_worst
-ml.glue("a31_tiled_worst", tiled_worst, ".1e")
 ml.bench.Table(rows, title="tiled_attention vs naive attention and PyTorch (float64, max |error|)",
                formats={c: "{:.1e}" for c in err_cols})
+
+# %% tags=["remove-cell"]
+ml.glue("a31_tiled_worst", tiled_worst, ".1e")
 
 # %% [markdown]
 # Outputs and all three gradients agree to within {glue:}`a31_tiled_worst` in float64.
@@ -904,11 +920,13 @@ cpu_rows = time_backends([("FLASH_ATTENTION (fused CPU kernel)", SDPBackend.FLAS
                          q, k, v, repeat=ml.pick(smoke=1, cpu=5, gpu=5))
 cpu_by = {r["backend"].split()[0]: r for r in cpu_rows}
 ratio = lambda col: cpu_by["MATH"].get(col, math.nan) / cpu_by["FLASH_ATTENTION"].get(col, math.nan)
+ml.bench.Table(cpu_rows, title=f"F.sdpa backends on the CPU, (B, H, T, d) = (1, 4, {T_cpu}, 64), float32, causal",
+               formats=formats)
+
+# %% tags=["remove-cell"]
 ml.glue("a31_cpu_T", T_cpu)
 ml.glue("a31_cpu_fused_speedup_fb", ratio("fwd+bwd time"), ".1f")
 ml.glue("a31_cpu_fused_mem_ratio", ratio("fwd+bwd memory"), ".0f")
-ml.bench.Table(cpu_rows, title=f"F.sdpa backends on the CPU, (B, H, T, d) = (1, 4, {T_cpu}, 64), float32, causal",
-               formats=formats)
 
 # %% [markdown]
 # On this CPU, at $T =$ {glue:}`a31_cpu_T` with a causal mask, the fused kernel trains

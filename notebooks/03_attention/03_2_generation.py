@@ -42,7 +42,7 @@
 #    mean-pooling key/value heads, and uptrain it;
 # 5. tell when a smaller cache makes decoding faster and when it does not.
 
-# %%
+# %% tags=["hide-input"]
 # Setup. On Colab, install minilib from the book's repository (elsewhere `make` did it).
 import subprocess
 import sys
@@ -269,8 +269,6 @@ for t in steps:
         c.length = t - 1                      # t - 1 tokens cached (their values do not matter)
     flops_cache.append(ml.bench.count_flops(gpt, x_full[:, t - 1:t], caches))
 total_nc, total_c = sum(flops_nocache), sum(flops_cache)
-ml.glue("a32_flops_ratio", total_nc / total_c, ".1f")
-ml.glue("a32_block", cfg["block_size"])
 fig, ax = plt.subplots(figsize=(6, 3.2))
 ax.plot(steps, [f / 1e6 for f in flops_nocache], label="without cache: forward of t tokens")
 ax.plot(steps, [f / 1e6 for f in flops_cache], label="with cache: forward of 1 token")
@@ -279,6 +277,10 @@ ax.set(xlabel="step t (tokens so far)", ylabel="MFLOP per step",
              f"{cfg['block_size']} tokens")
 ax.legend()
 plt.show()
+
+# %% tags=["remove-cell"]
+ml.glue("a32_flops_ratio", total_nc / total_c, ".1f")
+ml.glue("a32_block", cfg["block_size"])
 
 # %% [markdown]
 # Over a full window of {glue:}`a32_block` tokens the cache does {glue:}`a32_flops_ratio`
@@ -318,12 +320,14 @@ for ax, bs in zip(axes, batches):
 plt.tight_layout()
 plt.show()
 last = {bs: [r for r in speed_rows if r["batch"] == bs][-1] for bs in batches}
+
+# %% tags=["remove-cell"]
 ml.glue("a32_speedup_b1", last[batches[0]]["speed-up"], ".1f")
 ml.glue("a32_speedup_bbig", last[batches[-1]]["speed-up"], ".1f")
 ml.glue("a32_bbig", batches[-1])
 ml.glue("a32_nmax", lengths[-1])
 ml.glue("a32_tps_b1_cache", last[batches[0]]["cache tok/s"], ".0f")
-ml.glue("a32_tps_b1_nocache", last[batches[0]]["no cache tok/s"], ".0f");
+ml.glue("a32_tps_b1_nocache", last[batches[0]]["no cache tok/s"], ".0f")
 
 # %% [markdown]
 # For {glue:}`a32_nmax` new tokens the cache makes generation {glue:}`a32_speedup_b1` times
@@ -352,9 +356,6 @@ for n in long_lengths:
         row["no cache tok/s" if not cache else "cache tok/s"] = n / t.median
     row["speed-up"] = row["cache tok/s"] / row["no cache tok/s"]
     long_rows.append(row)
-ml.glue("a32_long_block", long_block)
-ml.glue("a32_long_n", long_lengths[-1])
-ml.glue("a32_long_speedup", long_rows[-1]["speed-up"], ".1f")
 fig, ax = plt.subplots(figsize=(6, 3.2))
 for key, label in (("no cache tok/s", "without cache"), ("cache tok/s", "with KV cache")):
     ax.plot([r["new tokens"] for r in long_rows], [r[key] for r in long_rows], marker="o", label=label)
@@ -363,6 +364,11 @@ ax.set(xlabel="new tokens generated", ylabel="tokens / s", ylim=(0, None),
 ax.legend()
 plt.show()
 ml.bench.Table(long_rows, title=f"Generation with a {long_block}-token window, batch 1, {dev.type}")
+
+# %% tags=["remove-cell"]
+ml.glue("a32_long_block", long_block)
+ml.glue("a32_long_n", long_lengths[-1])
+ml.glue("a32_long_speedup", long_rows[-1]["speed-up"], ".1f")
 
 # %% [markdown]
 # Without a cache the rate falls as the sequence grows (each step is a longer forward);
@@ -470,23 +476,25 @@ for kv, name in ((32, "MHA"), (8, "GQA-8"), (1, "MQA")):
 ml.bench.Table(rows, title="KV cache size = 2 x layers x batch x kv heads x context x head dim x bytes")
 
 # %%
+batch_llm = 16
+step_bytes = {name: llm_weights + batch_llm * c for name, c in llm_cache.items()}
+# For exercise 1: the batch at which a 2,048-token cache weighs as much as the weights.
+print({name: ml.bench.fmt_bytes(b) for name, b in step_bytes.items()},
+      f"bytes read per decoding step at batch {batch_llm}, context {ctx}")
+
+# %% tags=["remove-cell"]
 ml.glue("a32_llm_mha", ml.bench.fmt_bytes(llm_cache["MHA"]))
 ml.glue("a32_llm_gqa", ml.bench.fmt_bytes(llm_cache["GQA-8"]))
 ml.glue("a32_llm_mqa", ml.bench.fmt_bytes(llm_cache["MQA"]))
 ml.glue("a32_llm_weights", ml.bench.fmt_bytes(llm_weights))
 ml.glue("a32_llm_token", ml.bench.fmt_bytes(llm_cache["MHA"] / ctx))
-batch_llm = 16
-step_bytes = {name: llm_weights + batch_llm * c for name, c in llm_cache.items()}
 ml.glue("a32_llm_batch", batch_llm)
 ml.glue("a32_llm_cache_share", 100 * batch_llm * llm_cache["MHA"] / step_bytes["MHA"], ".0f")
 ml.glue("a32_llm_gqa_gain", step_bytes["MHA"] / step_bytes["GQA-8"], ".1f")
 ml.glue("a32_llm_mqa_gain", step_bytes["MHA"] / step_bytes["MQA"], ".1f")
 ml.glue("a32_llm_crossover", llm_weights / llm_cache["MHA"], ".1f")
-# For exercise 1: the batch at which a 2,048-token cache weighs as much as the weights.
 ml.glue("a32_ex1_mha", llm_weights / kv_cache_bytes(L_llm, 1, 32, 2048, d_llm, 2), ".1f")
 ml.glue("a32_ex1_gqa", llm_weights / kv_cache_bytes(L_llm, 1, 8, 2048, d_llm, 2), ".1f")
-print({name: ml.bench.fmt_bytes(b) for name, b in step_bytes.items()},
-      f"bytes read per decoding step at batch {batch_llm}, context {ctx}")
 
 # %% [markdown]
 # With multi-head attention the 7B-class model's cache is {glue:}`a32_llm_token` per token:
@@ -600,6 +608,10 @@ ml.bench.Table(quality_rows, title=f"CharGPT: MHA -> GQA/MQA by mean-pooling, th
 
 # %%
 q_by = {r["attention"]: r for r in quality_rows}
+gqa_name = variant_name(kv_options[1], H_gpt) if len(kv_options) > 2 else "MQA"
+five_key = [k for k in quality_rows[0] if k.startswith("+")][0]
+
+# %% tags=["remove-cell"]
 ml.glue("a32_up_steps", up_steps)
 ml.glue("a32_up_pct", 100 * up_steps / cfg["steps"], ".0f")
 ml.glue("a32_base_loss", base_loss, ".3f")
@@ -607,16 +619,14 @@ ml.glue("a32_mha_after", mha_after, ".3f")
 ml.glue("a32_mqa_conv", q_by["MQA"]["converted"], ".3f")
 ml.glue("a32_mqa_after", q_by["MQA"][f"+{up_steps} steps"], ".3f")
 ml.glue("a32_mqa_gap", q_by["MQA"]["vs MHA control"], ".3f")
-gqa_name = variant_name(kv_options[1], H_gpt) if len(kv_options) > 2 else "MQA"
 ml.glue("a32_gqa_name", gqa_name)
 ml.glue("a32_gqa_conv", q_by[gqa_name]["converted"], ".3f")
 ml.glue("a32_gqa_after", q_by[gqa_name][f"+{up_steps} steps"], ".3f")
 ml.glue("a32_gqa_gap", q_by[gqa_name]["vs MHA control"], ".3f")
-five_key = [k for k in quality_rows[0] if k.startswith("+")][0]
 ml.glue("a32_five_steps", five_key.split()[0].lstrip("+"))
 ml.glue("a32_mha_five", q_by["MHA"][five_key], ".3f")
 ml.glue("a32_mqa_five", q_by["MQA"][five_key], ".3f")
-ml.glue("a32_gqa_five", q_by[gqa_name][five_key], ".3f");
+ml.glue("a32_gqa_five", q_by[gqa_name][five_key], ".3f")
 
 # %% [markdown]
 # Right after conversion {glue:}`a32_gqa_name` has a validation loss of
@@ -657,6 +667,10 @@ ml.bench.Table(dec_rows, title=f"Cached generation of {n_dec} tokens, trained Ch
 
 # %%
 d_by = {r["attention"]: r for r in dec_rows}
+mha_model = uptrained[H_gpt][0]
+cache_bytes = {bs: sum(c.nbytes for c in mha_model.make_caches(bs)) for bs in (batches[0], batches[-1])}
+
+# %% tags=["remove-cell"]
 ml.glue("a32_dec_mha_b1", d_by["MHA"][f"tok/s, batch {batches[0]}"], ".0f")
 ml.glue("a32_dec_mqa_b1", d_by["MQA"][f"tok/s, batch {batches[0]}"], ".0f")
 ml.glue("a32_dec_mqa_gain_bbig", d_by["MQA"][f"tok/s, batch {batches[-1]}"]
@@ -664,8 +678,6 @@ ml.glue("a32_dec_mqa_gain_bbig", d_by["MQA"][f"tok/s, batch {batches[-1]}"]
 ml.glue("a32_gpt_cache_b1", d_by["MHA"][f"cache, batch {batches[0]}"])
 ml.glue("a32_gpt_cache_bbig", d_by["MHA"][f"cache, batch {batches[-1]}"])
 ml.glue("a32_gpt_weights", ml.bench.fmt_bytes(gpt_bytes))
-mha_model = uptrained[H_gpt][0]
-cache_bytes = {bs: sum(c.nbytes for c in mha_model.make_caches(bs)) for bs in (batches[0], batches[-1])}
 ml.glue("a32_dec_mqa_gain_b1", d_by["MQA"][f"tok/s, batch {batches[0]}"]
         / d_by["MHA"][f"tok/s, batch {batches[0]}"], ".2f")
 ml.glue("a32_w_over_cache_b1", gpt_bytes / cache_bytes[batches[0]], ".0f")
@@ -725,6 +737,8 @@ ax.legend()
 plt.show()
 s_by = {(r["attention"], r["batch"]): r for r in step_rows}
 bmax = step_batches[-1]
+
+# %% tags=["remove-cell"]
 ml.glue("a32_ctx_big", ctx_big)
 ml.glue("a32_step_bmax", bmax)
 ml.glue("a32_step_mqa_gain", s_by[("MHA", bmax)]["ms per step"] / s_by[("MQA", bmax)]["ms per step"], ".1f")
@@ -732,7 +746,7 @@ ml.glue("a32_step_gqa_gain", s_by[("MHA", bmax)]["ms per step"] / s_by[(gqa_name
 ml.glue("a32_step_mqa_gain_b1", s_by[("MHA", step_batches[0])]["ms per step"]
         / s_by[("MQA", step_batches[0])]["ms per step"], ".2f")
 ml.glue("a32_step_cache_mha", s_by[("MHA", bmax)]["cache"])
-ml.glue("a32_step_cache_ratio", H_gpt);
+ml.glue("a32_step_cache_ratio", H_gpt)
 
 # %% [markdown]
 # With a full {glue:}`a32_ctx_big`-token cache at batch {glue:}`a32_step_bmax` (an MHA

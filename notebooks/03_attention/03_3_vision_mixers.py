@@ -42,7 +42,7 @@
 # 4. read attention maps of a trained ViT, and place newer mixers (BiFormer, HiLo, DaViT,
 #    CrossFormer, TransNeXt, InceptionNeXt) by what a query sees.
 
-# %%
+# %% tags=["hide-input"]
 # Setup. On Colab, install minilib from the book's repository (elsewhere `make` did it).
 import subprocess
 import sys
@@ -408,8 +408,6 @@ check("pooling mixer == explicit 3x3 mean of neighbours", A.PoolingMixer(8, grid
 
 # %%
 cfg = ml.baselines.config("cifar_vit")
-ml.glue("a33_n_train", cfg["n_train"], ",")
-ml.glue("a33_n_test", cfg["n_test"], ",")
 VARIANTS = {
     "window+shift": dict(variant="a33-swin", attn=A.SwinAttention(window_size=4, grid=GRID)),
     "axial": dict(variant="a33-axial",
@@ -427,6 +425,10 @@ for name, kw in VARIANTS.items():
     models[name], records[name] = ml.baselines.cifar_vit(**kw)
 cnn, cnn_record = ml.baselines.cifar_cnn()
 
+# %% tags=["remove-cell"]
+ml.glue("a33_n_train", cfg["n_train"], ",")
+ml.glue("a33_n_test", cfg["n_test"], ",")
+
 # %% [markdown]
 # For each model: test accuracy, parameters, FLOPs per image, measured inference throughput
 # on a batch of {glue:}`a33_batch` images (median of repeated runs), peak memory of that
@@ -441,7 +443,6 @@ cnn, cnn_record = ml.baselines.cifar_cnn()
 
 # %%
 batch = ml.pick(smoke=64, cpu=256, gpu=256)
-ml.glue("a33_batch", batch)
 xb = torch.randn(batch, 3, 32, 32, device=dev)
 reps = ml.pick(smoke=2, cpu=5, gpu=20)
 
@@ -491,6 +492,9 @@ for name, model in list(models.items()) + [("ResNet-9 (CNN)", cnn)]:
     results.add(row)
     points.append(row | {"name": name})
 results
+
+# %% tags=["remove-cell"]
+ml.glue("a33_batch", batch)
 
 # %%
 acc = {r["mixer"]: r["test acc %"] for r in results}
@@ -552,7 +556,6 @@ plt.show()
 
 # %%
 n_probe = ml.pick(smoke=16, cpu=128, gpu=256)
-ml.glue("a33_n_probe", n_probe)
 x_test, y_test = ml.data.cifar10(train=False)
 probe = ((x_test[:n_probe].float() / 255 - torch.tensor(ml.data.CIFAR10_MEAN)[:, None, None])
          / torch.tensor(ml.data.CIFAR10_STD)[:, None, None]).to(dev)
@@ -613,8 +616,13 @@ with torch.inference_mode():
     analysis.add({"matrix": "uniform (reference)"} | stats(uniform))
 analysis
 
+# %% tags=["remove-cell"]
+ml.glue("a33_n_probe", n_probe)
+
 # %%
 an = {r["matrix"]: r for r in analysis}
+
+# %% tags=["remove-cell"]
 ml.glue("a33_erank_soft", an["softmax ViT: softmax(qk)"]["effective rank"], ".1f")
 ml.glue("a33_erank_elu_same", an["softmax ViT's q, k through elu+1"]["effective rank"], ".1f")
 ml.glue("a33_erank_lin", an["trained linear (elu+1)"]["effective rank"], ".1f")
@@ -625,7 +633,7 @@ ml.glue("a33_ent_lin", an["trained linear (elu+1)"]["row entropy (nats)"], ".2f"
 ml.glue("a33_ent_slab", an["trained linear + DWC (SLAB)"]["row entropy (nats)"], ".2f")
 ml.glue("a33_dist_soft", an["softmax ViT: softmax(qk)"]["attention distance (patches)"], ".2f")
 ml.glue("a33_dist_lin", an["trained linear (elu+1)"]["attention distance (patches)"], ".2f")
-ml.glue("a33_dist_uniform", an["uniform (reference)"]["attention distance (patches)"], ".2f");
+ml.glue("a33_dist_uniform", an["uniform (reference)"]["attention distance (patches)"], ".2f")
 
 # %% [markdown]
 # The softmax ViT's rows have an entropy of {glue:}`a33_ent_soft` nats (uniform: 4.17) and
@@ -645,7 +653,7 @@ ml.glue("a33_dist_uniform", an["uniform (reference)"]["attention distance (patch
 # softmax ViT has not learned local attention (larger ViTs trained longer do, in their early
 # blocks {cite}`dosovitskiy2021vit`); in this regime the locality comes from the convolution,
 # which is exactly what the DWC fix adds.
-
+#
 # ## 3.3.7 Where do linear and window attention start to pay?
 #
 # At 65 tokens none of this matters for speed. To see the asymptotics we time one mixer
@@ -659,12 +667,8 @@ ml.glue("a33_dist_uniform", an["uniform (reference)"]["attention distance (patch
 
 # %%
 bench_dim, bench_heads = ml.pick(smoke=64, cpu=128, gpu=256), 2
-ml.glue("a33_bench_dim", bench_dim)
-ml.glue("a33_bench_heads", bench_heads)
-ml.glue("a33_bench_d", bench_dim // bench_heads)
 sides = ml.pick(smoke=[8, 16, 24], cpu=[8, 16, 24, 32, 48, 64, 96], gpu=[8, 16, 32, 48, 64, 96, 128])
 mat_max = ml.pick(smoke=576, cpu=4096, gpu=16384)
-ml.glue("a33_mat_max", mat_max, ",")
 torch.manual_seed(5)
 layers = {
     "softmax (fused SDPA)": ml.models.Attention(bench_dim, bench_heads),
@@ -699,6 +703,13 @@ with ml.plot.house_style():
     axes[1].set(xlabel="tokens T", ylabel="peak memory (MB)", title="memory above the input")
     axes[0].legend(fontsize=8)
 plt.show()
+
+# %% tags=["remove-cell"]
+ml.glue("a33_bench_dim", bench_dim)
+ml.glue("a33_bench_heads", bench_heads)
+ml.glue("a33_bench_d", bench_dim // bench_heads)
+ml.glue("a33_mat_max", mat_max, ",")
+
 
 # %%
 def series(name, key="ms"):

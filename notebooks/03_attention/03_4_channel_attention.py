@@ -42,7 +42,7 @@
 # 4. read what the gates learned: their distribution per layer, and how much they depend
 #    on the class of the image.
 
-# %%
+# %% tags=["hide-input"]
 # Setup. On Colab, install minilib from the book's repository (elsewhere `make` did it).
 import subprocess
 import sys
@@ -243,6 +243,9 @@ for row in rows:
 cost_table = ml.bench.Table(rows, title="what channel attention adds to ResNet-9 (2 gated branches)",
                             formats={"FLOPs/image (matmul)": ml.bench.fmt_flops, "+params (%)": "{:.2f}",
                                      "+ops (%)": "{:.3f}"})
+cost_table
+
+# %% tags=["remove-cell"]
 ml.glue("a34_width", width)
 ml.glue("a34_se_hidden", max(1, 2 * width // 16))
 ml.glue("a34_se_params_pct", rows[1]["+params (%)"], ".2f")
@@ -250,7 +253,7 @@ ml.glue("a34_eca_params", rows[2]["+params"])
 ml.glue("a34_se_params", rows[1]["+params"], ",")
 ml.glue("a34_se_ops_pct", rows[1]["+ops (%)"], ".3f")
 ml.glue("a34_eca_ops_pct", rows[2]["+ops (%)"], ".3f")
-cost_table
+
 
 # %% [markdown]
 # SE adds {glue:}`a34_se_params` parameters ({glue:}`a34_se_params_pct`% of the model) and
@@ -340,11 +343,13 @@ branch_table = ml.bench.Table(rows, title=f"one gated residual branch on {dev.ty
                               formats={"2 convs (ms)": "{:.3f}", "module (ms)": "{:.3f}",
                                        "time, % of convs": "{:.1f}", "FLOPs, % of convs": "{:.2f}"})
 ratio = [r["time, % of convs"] / r["FLOPs, % of convs"] for r in rows]
+b1 = [r for r in rows if r["batch"] == 1]
+branch_table
+
+# %% tags=["remove-cell"]
 ml.glue("a34_time_vs_flops_min", min(ratio), ".0f")
 ml.glue("a34_time_vs_flops_max", max(ratio), ".0f")
-b1 = [r for r in rows if r["batch"] == 1]
 ml.glue("a34_b1_share_max", max(r["time, % of convs"] for r in b1), ".0f")
-branch_table
 
 # %% [markdown]
 # The forward pass goes from {glue:}`a34_ops_base` operators to {glue:}`a34_ops_se` with
@@ -396,7 +401,6 @@ def mcnemar_p(b, c):
 x_test, y_test = ml.data.subset(*ml.data.cifar10(train=False), cfg["n_test"], seed=0)
 test = ml.data.DeviceLoader(x_test, y_test, 1000, shuffle=False, mean=ml.data.CIFAR10_MEAN,
                             std=ml.data.CIFAR10_STD, device=dev)
-ml.glue("a34_n_test", len(y_test), ",")
 
 
 def gate_of(module, x):
@@ -443,6 +447,10 @@ correct = {name: (p == y_test.cpu()) for name, p in preds.items()}
 for name in models:
     print(f"{name:8s} recomputed accuracy {correct[name].float().mean():.4f}  "
           f"(record: {records[name]['metrics']['test_accuracy']:.4f})")
+
+# %% tags=["remove-cell"]
+ml.glue("a34_n_test", len(y_test), ",")
+
 
 # %% [markdown]
 # Inference throughput is timed with `ml.bench.time_fn` (warm-up, median of repeated
