@@ -886,7 +886,11 @@ plt.show()
 # $T\sqrt T$ claim {glue:}`a33_axial_verdict`: its attention costs about $8T\sqrt T\,C$ FLOPs
 # against $8TC^2$ for the projections, so the $T\sqrt T$ term only dominates once
 # $\sqrt T \gg C$, and our largest grid has $\sqrt T =$ {glue:}`a33_side_max` against a width
-# $C =$ {glue:}`a33_bench_dim`: the measured exponent is mostly that of the projections. The
+# $C =$ {glue:}`a33_bench_dim`: the measured exponent is mostly that of the projections.
+# Treat these exponents as a rough check: a single-layer sweep at batch 1 on a CPU is
+# fragile, and in four runs of this notebook on the same idle machine they moved by several
+# tenths from run to run, enough to flip one verdict or another (a stable estimate needs
+# repeated sweeps and the spread of the fitted slope over them). The
 # accuracy claims were made on ImageNet with
 # hundreds of epochs; ours come from {glue:}`a33_n_train` images, a few epochs and one seed,
 # where a point or two is noise, so they say which mixers are *usable* in a small ViT, not
