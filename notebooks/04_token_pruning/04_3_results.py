@@ -41,7 +41,6 @@
 # Setup. On Colab, install minilib from the book's repository (elsewhere `make` did it).
 import subprocess
 import sys
-import warnings
 
 if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
@@ -58,9 +57,6 @@ import minilib as ml
 T = ml.tokens
 ml.describe()
 dev = ml.device()
-# A busy machine is reported by a printed WARNING line and in every table's load footer;
-# the duplicate Python warning would only add the kernel's temporary file path.
-warnings.simplefilter("ignore", ml.bench.BusyMachineWarning)
 
 # %% [markdown]
 # ## 4.3.1 The contenders

@@ -52,7 +52,6 @@ if "google.colab" in sys.modules:
 
 import contextlib
 import copy
-import warnings
 from functools import partial
 
 import matplotlib.pyplot as plt
@@ -64,9 +63,6 @@ import minilib as ml
 
 ml.describe()
 dev = ml.device()
-# A busy machine is reported by a printed WARNING line and in every table's load footer;
-# the duplicate Python warning would only add the kernel's temporary file path.
-warnings.simplefilter("ignore", ml.bench.BusyMachineWarning)
 
 # %%
 relu_mlp = partial(ml.models.FeedForward, act=nn.ReLU)

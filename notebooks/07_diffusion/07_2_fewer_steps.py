@@ -50,8 +50,6 @@ if "google.colab" in sys.modules:
 
 import math
 
-import warnings
-
 import matplotlib.pyplot as plt
 import torch
 
@@ -60,9 +58,6 @@ import minilib as ml
 D = ml.diffusion
 ml.describe()
 dev = ml.device()
-# A busy machine is reported by a printed WARNING line and in every table's load footer;
-# the duplicate Python warning would only add the kernel's temporary file path.
-warnings.simplefilter("ignore", ml.bench.BusyMachineWarning)
 dataset = ml.pick(smoke="fashion_mnist", cpu="fashion_mnist", gpu="cifar10")
 n_eval = ml.pick(smoke=16, cpu=200, gpu=1000)     # samples per quality measurement (as in 7.1)
 

@@ -46,8 +46,6 @@ if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "minilib @ git+https://github.com/efficient-dl-from-scratch/book"], check=True)
 
-import warnings
-
 import matplotlib.pyplot as plt
 import torch
 
@@ -56,9 +54,6 @@ import minilib as ml
 D = ml.diffusion
 ml.describe()
 dev = ml.device()
-# A busy machine is reported by a printed WARNING line and in every table's load footer;
-# the duplicate Python warning would only add the kernel's temporary file path.
-warnings.simplefilter("ignore", ml.bench.BusyMachineWarning)
 dataset = ml.pick(smoke="fashion_mnist", cpu="fashion_mnist", gpu="cifar10")
 n_eval = ml.pick(smoke=16, cpu=200, gpu=1000)     # samples per quality measurement (as in 7.1)
 steps = ml.pick(smoke=3, cpu=10, gpu=10)           # Heun steps: 2 steps - 1 NFE per branch
