@@ -9,7 +9,8 @@ measured, so that "2x faster" means the same thing on every page of the book:
   a busy machine is warned about.
 * :func:`compare` times two implementations in interleaved rounds: a speed-up with its
   spread and a :func:`verdict` ("faster", "slower", "no measurable difference").
-* :func:`accuracy_se`, :func:`mcnemar`, :func:`quality_verdict`, :func:`mean_spread`:
+* :func:`accuracy_se`, :func:`mcnemar`, :func:`paired_accuracy`, :func:`paired_difference`,
+  :func:`quality_verdict`, :func:`mean_spread`:
   the spread of quality numbers, so a conclusion never rests on noise.
 * :func:`throughput` turns a timing into items per second.
 * :func:`peak_memory` is the peak tensor memory a call allocates (CUDA or CPU).
@@ -42,7 +43,7 @@ from torch import nn
 __all__ = [
     "Load", "BusyMachineWarning", "machine_load", "Timing", "time_fn", "throughput",
     "Comparison", "compare", "verdict",
-    "accuracy_se", "mcnemar", "quality_verdict", "mean_spread", "peak_memory",
+    "accuracy_se", "mcnemar", "paired_accuracy", "paired_difference", "quality_verdict", "mean_spread", "peak_memory",
     "count_flops", "flop_breakdown", "count_params", "model_bytes",
     "measure_peaks", "arithmetic_intensity",
     "Table", "fmt_bytes", "fmt_flops", "fmt_time",
@@ -572,6 +573,52 @@ def mcnemar(correct_a: Any, correct_b: Any) -> float:
         term = term * (n - i + 1) // i
         tail += term
     return min(1.0, 2 * tail / 2**n)
+
+
+def paired_accuracy(correct_a: Any, correct_b: Any) -> tuple[float, float, float]:
+    """Model B against model A on the same samples: ``(change, se, p)``, in points of accuracy.
+
+    ``correct_a``, ``correct_b``: booleans per sample, as for :func:`mcnemar`. With ``b``
+    samples only A gets right, ``c`` only B, out of ``n``:
+
+        change = 100 (c - b) / n
+        se     = 100 sqrt(b + c - (c - b)^2 / n) / n      (paired: only disagreements vary)
+        p      = mcnemar(correct_a, correct_b)
+
+    Pass ``change, se`` to :func:`quality_verdict` for the words. Two accuracies on the same
+    images have a far smaller spread than :func:`accuracy_se` of each suggests.
+    """
+    a, b = _as_bool_vector(correct_a, "correct_a"), _as_bool_vector(correct_b, "correct_b")
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired_accuracy: correct_a and correct_b must cover the same (non-empty) "
+                         f"samples; got {a.size} and {b.size}")
+    n, only_a, only_b = a.size, int((a & ~b).sum()), int((~a & b).sum())
+    se = math.sqrt(max(only_a + only_b - (only_b - only_a) ** 2 / n, 0.0)) / n
+    return 100.0 * (only_b - only_a) / n, 100.0 * se, mcnemar(a, b)
+
+
+def paired_difference(reference: Any, candidate: Any) -> tuple[float, float]:
+    """Mean and standard error of the per-sample differences ``candidate - reference``.
+
+        d_i = candidate_i - reference_i,   mean = (1/N) sum d_i,   se = std(d) / sqrt(N)
+
+    ``reference``, ``candidate``: ``(N,)`` values on the same samples in the same order
+    (tensors, arrays or lists, any unit): per-token losses, per-image PSNRs. Pairing removes
+    the spread that comes from some samples being harder than others. Samples are treated as
+    independent; neighbouring tokens are not, so for text ``se`` is a lower bound. Feed
+    ``mean, se`` (or ``-mean, se`` for a loss) to :func:`quality_verdict`.
+    """
+    def vector(x: Any) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().double().numpy()
+        return np.asarray(x, dtype=np.float64)
+
+    ref, cand = vector(reference), vector(candidate)
+    if ref.shape != cand.shape or ref.ndim != 1 or ref.size < 2:
+        raise ValueError(f"paired_difference: need two (N,) vectors over the same N >= 2 samples; "
+                         f"got shapes {ref.shape} and {cand.shape}")
+    d = cand - ref
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
 
 
 def quality_verdict(

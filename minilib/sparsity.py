@@ -4,7 +4,7 @@ Sections (each opens with its equations):
 
 1. Measuring: :func:`feed_forwards`, :func:`activation_sparsity` (the fraction of hidden activations of every
    FeedForward with ``|a| <= threshold``), :func:`hidden_activations`, :func:`ffn_inputs`;
-   quality per token for paired comparisons, :func:`token_losses` and :func:`loss_gap`.
+   quality per token for paired comparisons, :func:`token_losses` (compared with ``ml.bench.paired_difference``).
 2. Making it sparser: :func:`relufy` (swap the activation), :func:`sparsify` (magnitude
    threshold, ``F.hardshrink``), :class:`Thresholded`, :class:`ShiftedReLU`, :class:`TopK`,
    :func:`calibrate_thresholds` (per layer or per channel, from calibration data) and
@@ -46,7 +46,7 @@ from . import baselines, data, env, train
 from .models import FeedForward
 
 __all__ = [
-    "feed_forwards", "activation_sparsity", "hidden_activations", "ffn_inputs", "token_losses", "loss_gap",
+    "feed_forwards", "activation_sparsity", "hidden_activations", "ffn_inputs", "token_losses",
     "relufy", "sparsify", "Thresholded", "ShiftedReLU", "TopK",
     "calibrate_thresholds", "apply_thresholds", "ProgressiveL1", "finetune",
     "SparseFFN", "PredictedFFN", "fit_predictor", "replace_ffns",
@@ -151,7 +151,7 @@ def token_losses(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> 
     """The cross-entropy of every target over ``batches`` of ``(x, y)``: ``(N,)`` nats, fp32.
 
     Its mean is the loss ``ml.train.evaluate`` reports. Two models measured on the same
-    batches compare token by token with :func:`loss_gap`. Eval mode, mode restored.
+    batches compare token by token with ``ml.bench.paired_difference``. Eval mode, mode restored.
     """
     was_training = model.training
     model.eval()
@@ -164,21 +164,6 @@ def token_losses(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> 
     if not out:
         raise ValueError("token_losses: `batches` yielded nothing")
     return torch.cat(out)
-
-
-def loss_gap(losses: Tensor, reference: Tensor) -> tuple[float, float]:
-    """Mean and standard error of the paired difference ``losses - reference`` (same tokens).
-
-        gap = mean(d),  se = std(d) / sqrt(N),   d = losses - reference: (N,)
-
-    Tokens are treated as independent; neighbouring characters are not, so ``se`` is a
-    lower bound of the true spread. Feed ``-gap`` to ``ml.bench.quality_verdict``.
-    """
-    if losses.shape != reference.shape or losses.dim() != 1 or losses.numel() < 2:
-        raise ValueError(f"loss_gap: need two (N,) loss vectors over the same N >= 2 tokens; "
-                         f"got {tuple(losses.shape)} and {tuple(reference.shape)}")
-    d = (losses - reference).double()
-    return d.mean().item(), (d.std() / math.sqrt(d.numel())).item()
 
 
 def hidden_activations(model: nn.Module, x: Any) -> dict[str, Tensor]:

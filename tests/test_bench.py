@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 import re
 import subprocess
 import sys
@@ -708,3 +710,37 @@ def test_count_flops_char_gpt_charges_causal_attention_in_full():
     per_op = bench.flop_breakdown(gpt, idx)
     attention = sum(n for op, n in per_op.items() if "attention" in op)
     assert attention == 2 * 4 * 3 * 32 * 32 * 64  # n_layer * 4 B T^2 C: the full T x T scores
+
+
+def test_paired_accuracy_matches_the_hand_computed_counts():
+    # 3 only A, 10 only B, 20 both, 7 neither (n = 40): change = 100 * 7 / 40 points,
+    # se = 100 * sqrt(13 - 49 / 40) / 40, p = McNemar's
+    a = [True] * 3 + [False] * 10 + [True] * 20 + [False] * 7
+    b = [False] * 3 + [True] * 10 + [True] * 20 + [False] * 7
+    change, se, p = bench.paired_accuracy(torch.tensor(a), torch.tensor(b))
+    assert change == pytest.approx(17.5)
+    assert se == pytest.approx(100 * math.sqrt(13 - 49 / 40) / 40)
+    assert p == bench.mcnemar(a, b)
+    back = bench.paired_accuracy(b, a)
+    assert back[0] == pytest.approx(-17.5) and back[1] == pytest.approx(se)  # antisymmetric
+    assert bench.paired_accuracy(a, a)[:2] == (0.0, 0.0)
+    # the paired se is the std of the per-sample differences (0, +1, -1 in points / 100) over sqrt(n)
+    d = [int(y) - int(x) for x, y in zip(a, b)]
+    mean, std, n = bench.mean_spread(d)
+    assert se == pytest.approx(100 * std * math.sqrt((n - 1) / n) / math.sqrt(n))
+    with pytest.raises(ValueError, match="same"):
+        bench.paired_accuracy([True], [True, False])
+
+
+def test_paired_difference_is_mean_and_se_of_candidate_minus_reference():
+    reference, candidate = [30.0, 31.0, 29.0, 33.0], [30.5, 31.0, 30.0, 33.5]
+    mean, se = bench.paired_difference(reference, candidate)
+    d = [0.5, 0.0, 1.0, 0.5]
+    assert mean == pytest.approx(0.5)
+    assert se == pytest.approx(statistics.stdev(d) / 2)
+    assert bench.paired_difference(torch.tensor(reference), torch.tensor(candidate)) == pytest.approx((mean, se))
+    losses = torch.rand(1000, dtype=torch.float64)
+    gap, se = bench.paired_difference(losses, losses + 0.5)  # a constant shift: no spread
+    assert gap == pytest.approx(0.5) and se == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="same N"):
+        bench.paired_difference([1.0, 2.0], [1.0])

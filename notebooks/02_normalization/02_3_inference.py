@@ -82,13 +82,6 @@ def logits_of(model, loader, tta=False):
     return torch.cat(out)
 
 
-def paired(correct_a, correct_b):
-    """Accuracy change of B against A on the same images, in points: (change, paired se, McNemar p)."""
-    n = len(correct_a)
-    b, c = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
-    return 100 * (c - b) / n, 100 * math.sqrt(max(b + c - (c - b) ** 2 / n, 0)) / n, ml.bench.mcnemar(correct_a, correct_b)
-
-
 @torch.inference_mode()
 def speedups(baseline, candidates, inputs):
     """``ml.bench.compare(baseline, candidate)`` for each candidate and input: {name: {batch: Comparison}}."""
@@ -312,7 +305,7 @@ vit_quality = {}
 for k in vits:
     row = {"norm": k, "test accuracy (%)": f"{100 * acc_vit[k]:.2f} ± {100 * ml.bench.accuracy_se(acc_vit[k], n_vit):.2f}"}
     if k != "LayerNorm":
-        d, se_d, p = paired(ok_vit["LayerNorm"], ok_vit[k])
+        d, se_d, p = ml.bench.paired_accuracy(ok_vit["LayerNorm"], ok_vit[k])
         row |= {"change vs LN (points)": f"{d:+.2f} ± {se_d:.2f}", "McNemar p": p,
                 "verdict": ml.bench.quality_verdict(d, se_d), "_d": d, "_se": se_d}
     row["train time (s)"] = vits[k][1]["metrics"]["train_seconds"]
@@ -345,7 +338,7 @@ for k, tag in [("LayerNorm", "ln"), ("BN-tokens", "bn"), ("PRepBN", "prep")]:
         ml.glue(f"n23_vit_{tag}_verdict", ml.bench.quality_verdict(q["_d"], q["_se"], better="better than",
                                                                    worse="worse than",
                                                                    same="not measurably different from"))
-d_pb, se_pb, p_pb = paired(ok_vit["BN-tokens"], ok_vit["PRepBN"])
+d_pb, se_pb, p_pb = ml.bench.paired_accuracy(ok_vit["BN-tokens"], ok_vit["PRepBN"])
 ml.glue("n23_vit_prep_vs_bn", d_pb, "+.2f")
 ml.glue("n23_vit_prep_vs_bn_se", se_pb, ".2f")
 ml.glue("n23_vit_prep_vs_bn_verdict", ml.bench.quality_verdict(d_pb, se_pb, better="better than",
@@ -585,9 +578,8 @@ def window_losses(model, windows):
     return torch.tensor([F.cross_entropy(model(x).float().flatten(0, 1), y.flatten()).item() for x, y in windows])
 
 
-gap = window_losses(ln_free, gpt_val) - window_losses(control, gpt_val)
-gap_mean, gap_std, gap_n = ml.bench.mean_spread(gap.tolist())
-gap_se = gap_std / math.sqrt(gap_n)
+gap_mean, gap_se = ml.bench.paired_difference(window_losses(control, gpt_val), window_losses(ln_free, gpt_val))
+gap_n = len(gpt_val)
 gap_verdict = ml.bench.quality_verdict(gap_mean, gap_se, better="higher than", worse="lower than",
                                        same="not measurably different from")
 print(f"LN removed - control: {gap_mean:+.4f} ± {gap_se:.4f} nats/char (mean ± standard error over "
@@ -811,11 +803,10 @@ plt.show()
 all_at_once = copy.deepcopy(gpt)
 ml.norm.fix_layer_norms(all_at_once, calib, ln_names)
 loss_all, _ = finetune(all_at_once, stage_steps * len(stages), seed=100)
-d_all = window_losses(all_at_once, gpt_val) - window_losses(ln_free, gpt_val)
-m_all, s_all, n_all = ml.bench.mean_spread(d_all.tolist())
+m_all, se_all = ml.bench.paired_difference(window_losses(ln_free, gpt_val), window_losses(all_at_once, gpt_val))
 print(f"all at once, {stage_steps * len(stages)} steps: {loss_all:.4f}; staged: {curve[-1]['LN removed']:.4f}; "
-      f"all at once - staged: {m_all:+.4f} ± {s_all / math.sqrt(n_all):.4f} nats "
-      f"({ml.bench.quality_verdict(m_all, s_all / math.sqrt(n_all), better='higher', worse='lower', same='no measurable difference')})")
+      f"all at once - staged: {m_all:+.4f} ± {se_all:.4f} nats "
+      f"({ml.bench.quality_verdict(m_all, se_all, better='higher', worse='lower', same='no measurable difference')})")
 
 # %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 3

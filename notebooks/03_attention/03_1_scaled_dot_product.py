@@ -113,7 +113,7 @@ ml.seed_all(0)
 q, k, v = (torch.randn(2, 3, 7, 16, dtype=torch.float64) for _ in range(3))
 fwd_err, grad_err = compare(attention, F.scaled_dot_product_attention, q, k, v)
 print(f"from scratch vs F.scaled_dot_product_attention (float64): forward {fwd_err:.1e}, gradients {grad_err:.1e}")
-assert fwd_err < 1e-12 and grad_err < 1e-12
+assert fwd_err < 1e-12 and grad_err < 1e-12, (fwd_err, grad_err)   # float64: eps = 2.2e-16
 
 # %% [markdown]
 # Autograd differentiates our four lines for free, and forward and backward agree with
@@ -230,10 +230,10 @@ ml.show(ml.attention._safe_softmax)
 
 # %%
 w = ml.attention.attention_weights(q[:, :1], k[:, :1], mask=pad_mask & causal)   # head 0
-fig, axes = plt.subplots(1, 4, figsize=(12, 3))
+fig, axes = plt.subplots(2, 2, figsize=(6.4, 6.4))          # two panels per row
 panels = [("causal mask", causal), ("padding mask, sequence 2 (length 4)", pad_mask[1, 0].expand(T, T)),
           ("attention weights, both masks", w[1, 0]), ("weights, empty sequence 3", w[2, 0])]
-for ax, (title, img) in zip(axes, panels):
+for ax, (title, img) in zip(axes.flat, panels):
     ax.imshow(img.float(), cmap="viridis", vmin=0, vmax=1)
     ax.set(title=title, xlabel="key j", ylabel="query i", xticks=range(T), yticks=range(T))
     ax.title.set_fontsize(8)
@@ -271,7 +271,7 @@ for name, ours, theirs in cases:
     fe, ge = compare(ours, theirs, q, k, v)
     rows.append({"case": name, "forward max |err|": fe, "gradient max |err|": ge})
 worst = max(max(r["forward max |err|"], r["gradient max |err|"]) for r in rows)
-assert worst < 1e-10, worst
+assert worst < 1e-10, rows
 ml.bench.Table(rows, title="ml.attention.scaled_dot_product vs F.scaled_dot_product_attention (float64)",
                formats={"forward max |err|": "{:.1e}", "gradient max |err|": "{:.1e}"})
 
@@ -328,7 +328,7 @@ fe, ge = compare(ours, theirs, x)
 fe_lib, ge_lib = compare(lib_mha, theirs, x)
 print(f"from-scratch multi-head vs nn.MultiheadAttention: forward {fe:.1e}, input gradient {ge:.1e}")
 print(f"ml.attention.MultiHeadAttention vs nn.MultiheadAttention: forward {fe_lib:.1e}, input gradient {ge_lib:.1e}")
-assert max(fe, ge, fe_lib, ge_lib) < 1e-10
+assert max(fe, ge, fe_lib, ge_lib) < 1e-10, (fe, ge, fe_lib, ge_lib)
 
 # %%
 ml.show(ml.attention.MultiHeadAttention.forward)
@@ -364,8 +364,9 @@ flops_table = ml.bench.Table(rows, title=f"FLOPs of one attention layer, C={C_co
                              formats={c: ml.bench.fmt_flops for c in ("counted QK^T + PV", "formula 4 H T^2 d",
                                                                        "projections 8 T C^2", "F.sdpa, default kernel")}
                              | {"attention share of the layer": "{:.0%}"})
-assert all(r["counted QK^T + PV"] == r["formula 4 H T^2 d"] for r in rows)
-assert all(r["projections 8 T C^2"] == 8 * r["T"] * C_cost**2 for r in rows)
+# FLOP counts are integers: these are exact identities, at every T and on every device.
+assert all(r["counted QK^T + PV"] == r["formula 4 H T^2 d"] for r in rows), rows
+assert all(r["projections 8 T C^2"] == 8 * r["T"] * C_cost**2 for r in rows), rows
 flops_table
 
 # %% tags=["remove-cell"]
@@ -492,7 +493,7 @@ for j, t in enumerate(trace):                                 # check the invari
     t["sum_{i<=j} exp(s_i - m)"] = torch.exp(scores[: j + 1] - t["running max m"]).sum().item()
 online_err = max_err(out_online, out_ref)
 print(f"online softmax vs softmax(s) @ V: max |error| {online_err:.1e}")
-assert online_err < 1e-12
+assert online_err < 1e-12, online_err
 ml.bench.Table(trace, title="the state of the online softmax, key by key",
                formats={c: "{:.4f}" for c in trace[0] if c != "key j"})
 
@@ -535,7 +536,7 @@ ml.seed_all(6)
 q, k, v = (torch.randn(2, 3, 50, 16, dtype=torch.float64) for _ in range(3))
 fe, ge = compare(lambda a, b, c: blockwise_attention(a, b, c, block=16), F.scaled_dot_product_attention, q, k, v)
 print(f"blockwise (blocks of 16 keys) vs F.scaled_dot_product_attention: forward {fe:.1e}, gradients {ge:.1e}")
-assert fe < 1e-12 and ge < 1e-12
+assert fe < 1e-12 and ge < 1e-12, (fe, ge)
 
 # %% [markdown]
 # Exact, and autograd still differentiates it. But autograd is the catch: to backpropagate
@@ -654,7 +655,7 @@ for Tq, Tk, causal, block in [(100, 100, False, 32), (100, 100, True, 32), (64, 
     k, v = (torch.randn(2, 3, Tk, 16, dtype=torch.float64) for _ in range(2))
     ours = lambda a, b, c: tiled(a, b, c, causal=causal, block_size=block)
     fe_n, ge_n = compare(ours, lambda a, b, c: sdp(a, b, c, causal=causal), q, k, v)
-    row = {"Tq": Tq, "Tk": Tk, "causal": causal, "block": block,
+    row = {"Tq, Tk": f"{Tq}, {Tk}", "causal": causal, "block": block,
            "vs naive: forward": fe_n, "vs naive: gradients": ge_n}
     if Tq == Tk:
         row["vs F.sdpa: forward"], row["vs F.sdpa: gradients"] = compare(
@@ -662,7 +663,7 @@ for Tq, Tk, causal, block in [(100, 100, False, 32), (100, 100, True, 32), (64, 
     rows.append(row)
 err_cols = [c for c in rows[0] if c.startswith("vs")]
 tiled_worst = max(r[c] for r in rows for c in err_cols if c in r)
-assert tiled_worst < 1e-10, tiled_worst
+assert tiled_worst < 1e-10, rows
 ml.bench.Table(rows, title="tiled_attention vs naive attention and PyTorch (float64, max |error|)",
                formats={c: "{:.1e}" for c in err_cols})
 
@@ -681,10 +682,13 @@ q, k, v = (torch.randn(1, 1, T_c, 64) for _ in range(3))
 flops_full = ml.bench.count_flops(tiled, q, k, v, block_size=b_c)
 flops_causal = ml.bench.count_flops(tiled, q, k, v, causal=True, block_size=b_c)
 n_blocks = T_c // b_c
-print(f"T={T_c}, blocks of {b_c}: causal / full FLOPs = {flops_causal / flops_full:.4f}, "
+causal_fraction = flops_causal / flops_full
+print(f"T={T_c}, blocks of {b_c}: causal / full FLOPs = {causal_fraction:.4f}, "
       f"formula (n+1)/(2n) = {(n_blocks + 1) / (2 * n_blocks):.4f}")
-ml.glue("a31_causal_fraction", flops_causal / flops_full, ".3f")
-_ = ml.glue("a31_causal_T", T_c)
+
+# %% tags=["remove-cell"]
+ml.glue("a31_causal_fraction", causal_fraction, ".3f")
+ml.glue("a31_causal_T", T_c)
 
 # %% [markdown]
 # ### 3.1.2.3 Memory and time against sequence length
@@ -756,31 +760,42 @@ def slope(column, method, n_last=3):
     return np.polyfit(np.log(Tarr[1:][-n_last:]), np.log(growth[-n_last:]), 1)[0]
 
 
+slopes = {(name, column): slope(column, name) for name in methods for column in ("fwd memory", "fwd+bwd memory")}
+last = {name: {c: series(name, c)[-1] for c in ("fwd memory", "fwd+bwd memory", "fwd time", "fwd+bwd time")}
+        for name in methods}
+fb_ratios = series("tiled", "fwd+bwd time") / series("naive", "fwd+bwd time")   # per T
 
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-for ax, column in zip(axes[:2], ("fwd memory", "fwd+bwd memory")):
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+for ax, column in zip(axes, ("fwd memory", "fwd+bwd memory")):
     for i, name in enumerate(methods):
         ax.loglog(Tarr, series(name, column) / MiB, "o-", color=f"C{i}",
-                  label=f"{name}: slope {slope(column, name):.2f}")
+                  label=f"{name}: slope {slopes[name, column]:.2f}")
     ax.loglog(Tarr, 4 * Tarr**2 / MiB, "k--", alpha=0.4, label="one T x T matrix")
     ax.set(xlabel="sequence length T", ylabel="peak memory (MiB)", title=f"{column}; slope of the growth")
     ax.legend(fontsize=7)
-for i, name in enumerate(methods):
-    axes[2].loglog(Tarr, series(name, "fwd+bwd time") * 1e3, "o-", color=f"C{i}", label=name)
-axes[2].set(xlabel="sequence length T", ylabel="time (ms)", title=f"fwd+bwd time on {dev.type}")
-axes[2].legend(fontsize=7)
-for ax in axes:
     ax.set_xticks(Ts, [str(t) for t in Ts])
     ax.xaxis.set_minor_formatter(plt.NullFormatter())
 plt.tight_layout()
 plt.show()
 
-last = {name: {c: series(name, c)[-1] for c in ("fwd memory", "fwd+bwd memory", "fwd time", "fwd+bwd time")}
-        for name in methods}
+fig, ax = plt.subplots(figsize=(6.4, 3.6))
+for i, name in enumerate(methods):
+    ax.loglog(Tarr, series(name, "fwd+bwd time") * 1e3, "o-", color=f"C{i}", label=name)
+ax.set(xlabel="sequence length T", ylabel="time (ms)", title=f"fwd+bwd time on {dev.type}")
+ax.set_xticks(Ts, [str(t) for t in Ts])
+ax.xaxis.set_minor_formatter(plt.NullFormatter())
+ax.legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+
+# %% tags=["remove-cell"]
 ml.glue("a31_Tmax", Ts[-1])
-for name, key in (("naive", "naive"), ("tiled", "tiled"), ("F.sdpa", "sdpa")):
-    ml.glue(f"a31_slope_fwd_{key}", slope("fwd memory", name), ".2f")
-    ml.glue(f"a31_slope_fb_{key}", slope("fwd+bwd memory", name), ".2f")
+ml.glue("a31_slope_fwd_naive", slopes["naive", "fwd memory"], ".2f")
+ml.glue("a31_slope_fb_naive", slopes["naive", "fwd+bwd memory"], ".2f")
+ml.glue("a31_slope_fwd_tiled", slopes["tiled", "fwd memory"], ".2f")
+ml.glue("a31_slope_fb_tiled", slopes["tiled", "fwd+bwd memory"], ".2f")
+ml.glue("a31_slope_fwd_sdpa", slopes["F.sdpa", "fwd memory"], ".2f")
+ml.glue("a31_slope_fb_sdpa", slopes["F.sdpa", "fwd+bwd memory"], ".2f")
 ml.glue("a31_rawslope_fwd_tiled", raw_slope("fwd memory", "tiled"), ".2f")
 ml.glue("a31_rawslope_fwd_sdpa", raw_slope("fwd memory", "F.sdpa"), ".2f")
 ml.glue("a31_naive_fb_mem", ml.bench.fmt_bytes(last["naive"]["fwd+bwd memory"]))
@@ -791,9 +806,8 @@ ml.glue("a31_naive_fb_matrices", last["naive"]["fwd+bwd memory"] / (4 * Ts[-1] *
 ml.glue("a31_tiled_time_ratio_fwd", last["tiled"]["fwd time"] / last["naive"]["fwd time"], ".2f")
 ml.glue("a31_tiled_time_ratio_fb", last["tiled"]["fwd+bwd time"] / last["naive"]["fwd+bwd time"], ".2f")
 ml.glue("a31_sdpa_time_ratio_fb", last["F.sdpa"]["fwd+bwd time"] / last["naive"]["fwd+bwd time"], ".2f")
-fb_ratios = series("tiled", "fwd+bwd time") / series("naive", "fwd+bwd time")
 ml.glue("a31_tiled_fb_ratio_min", fb_ratios.min(), ".1f")
-_ = ml.glue("a31_tiled_fb_ratio_max", fb_ratios.max(), ".1f")
+ml.glue("a31_tiled_fb_ratio_max", fb_ratios.max(), ".1f")
 
 # %% [markdown]
 # The memory plots are the point of this notebook. The memory of the tiled versions is a
@@ -934,7 +948,8 @@ ml.glue("a31_cpu_fused_mem_ratio", ratio("fwd+bwd memory"), ".0f")
 # {glue:}`a31_cpu_fused_mem_ratio` times less memory. Whether the GPU kernels reach the
 # speedups the papers report cannot be measured on this machine; the GPU cell above does it
 # wherever a GPU is present.
-#
+
+# %% [markdown]
 # ## Claimed vs measured
 #
 # | source | claim | measured here | conditions |
@@ -946,84 +961,213 @@ ml.glue("a31_cpu_fused_mem_ratio", ratio("fwd+bwd memory"), ".0f")
 # | {cite}`dao2024flashattention2` | about 2x faster than FlashAttention-1 from better parallelism (query blocks in the outer loop) and fewer non-matmul FLOPs | not measurable here: the loop order is FA-2's, its speed needs the CUDA kernel | |
 # | {cite}`rabe2021selfattention` | $O(\sqrt n)$ memory in practice ($O(1)$ per query); at $n=16384$ the attention memory overhead drops 59x for inference and 32x for differentiation | {glue:}`a31_save_fwd`x (inference) and {glue:}`a31_save_fb`x (training) less memory than naive, at $T=$ {glue:}`a31_Tmax` | ours is $O(T)$ (we store the output), at half or less their $n$ |
 # | {cite}`dao2024flashattention2` | with a causal mask, skipping the tiles above the diagonal makes attention about 1.7-1.8x faster than without the mask | causal / full FLOPs {glue:}`a31_causal_fraction` at $T=$ {glue:}`a31_causal_T` (tiles of 64): the work is about halved; time not measured | FLOP counter; the speedup needs the CUDA kernel |
-#
+
+# %% [markdown]
 # ## Exercises
 #
-# 1. **Merging two blocks.** You have run the online softmax separately over two disjoint
-#    sets of keys $A$ and $B$ and hold their states $(m_A, \ell_A, o_A)$ and
-#    $(m_B, \ell_B, o_B)$. Derive the state of $A \cup B$, implement `merge`, and check it
-#    by splitting the keys of `online_attention_row`'s example into two halves. (This is
-#    how FlashAttention's "split-K" decoding kernels combine partial results from several
-#    thread blocks.)
-# 2. **The score matrix of a long context.** A model with 32 heads reads a 32k-token
-#    context ($T = 32768$). How much memory does one layer's score matrix take for one
-#    sequence in float32 and in bfloat16? Compare with the 80 GB of an H100. What does
-#    FlashAttention store instead, for $d = 128$?
-# 3. **Causal skipping.** With tiles of $b$ and $n = T/b$ tiles per side, how many tiles
-#    does causal tiled attention visit, and what fraction of the full FLOPs is that? Check
-#    your formula against the measured {glue:}`a31_causal_fraction` at $T=$
-#    {glue:}`a31_causal_T`. How many FLOPs does the *naive* causal version save by masking?
-# 4. **Block size.** Time `tiled_attention` forward at $T = 4096$ for block sizes 32 to
-#    2048 and plot time and peak memory against the block size. Explain both curves.
-#
+# ### Exercise 1: merging two online-softmax states (implement, medium)
+# You have run the online softmax separately over two disjoint sets of keys $A$ and $B$
+# and hold their states $(m_A, \ell_A, o_A)$ and $(m_B, \ell_B, o_B)$. Derive the state of
+# $A \cup B$, implement `merge`, and check it against `out_ref` by splitting the keys of
+# `online_attention_row`'s example (`q1`, `K1`, `V1`) into two parts, at every split
+# point. (This is how FlashAttention's "split-K" decoding kernels combine partial results
+# from several thread blocks.)
+
+# %% tags=["solution", "hide-input"]
+# Solution 1
+def state(q, K, V):
+    """(m, l, o) of the online softmax of one query q over keys K (n, d) and values V (n, dv)."""
+    s = K @ q / math.sqrt(q.shape[0])                # (n,) scores
+    m = s.max()
+    p = torch.exp(s - m)
+    return m, p.sum(), p @ V                         # running max, sum of e^(s - m), unnormalized output
+
+
+def merge(a, b):
+    """The state of the union of two disjoint key sets, from the state of each."""
+    (m_a, l_a, o_a), (m_b, l_b, o_b) = a, b
+    m = torch.maximum(m_a, m_b)
+    c_a, c_b = torch.exp(m_a - m), torch.exp(m_b - m)   # move both states to the common max
+    return m, c_a * l_a + c_b * l_b, c_a * o_a + c_b * o_b
+
+
+merge_err = 0.0
+for cut in range(1, K1.shape[0]):                    # every split of the keys into two parts
+    m, l, o = merge(state(q1, K1[:cut], V1[:cut]), state(q1, K1[cut:], V1[cut:]))
+    merge_err = max(merge_err, max_err(o / l, out_ref))
+thirds = [state(q1, K1[i:i + 4], V1[i:i + 4]) for i in (0, 4, 8)]
+for m, l, o in (merge(merge(thirds[0], thirds[1]), thirds[2]), merge(thirds[0], merge(thirds[1], thirds[2]))):
+    merge_err = max(merge_err, max_err(o / l, out_ref))   # both bracketings of three blocks
+assert merge_err < 1e-12, merge_err                  # float64 (eps = 2.2e-16), 12 keys
+print(f"merged states vs softmax(s) @ V, every split and both bracketings: max error < 1e-12: {merge_err < 1e-12}")
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 1
 # Move both states to the common maximum $m = \max(m_A, m_B)$, exactly as a single update
 # does:
 #
 # $$\ell = e^{m_A - m}\ell_A + e^{m_B - m}\ell_B, \qquad o = e^{m_A - m} o_A + e^{m_B - m} o_B .$$
 #
-# ```python
-# def state(q, K, V):                       # (m, l, o) of the online softmax over K, V
-#     s = K @ q / math.sqrt(q.shape[0])
-#     m = s.max()
-#     p = torch.exp(s - m)
-#     return m, p.sum(), p @ V
-#
-# def merge(a, b):
-#     (ma, la, oa), (mb, lb, ob) = a, b
-#     m = torch.maximum(ma, mb)
-#     ca, cb = torch.exp(ma - m), torch.exp(mb - m)
-#     return m, ca * la + cb * lb, ca * oa + cb * ob
-#
-# m, l, o = merge(state(q1, K1[:5], V1[:5]), state(q1, K1[5:], V1[5:]))
-# print(max_err(o / l, out_ref))            # ~1e-16
-# ```
-# The merge is associative and commutative, so the key blocks can be reduced in any order
-# or in a tree, in parallel.
+# One of the two factors is 1 and the other at most 1, so nothing overflows. The code above
+# checks every split of the 12 keys and both ways of bracketing three blocks: the merge is
+# associative (and commutative), so the key blocks can be reduced in any order or in a
+# tree, in parallel, and the online softmax of section 3.1.2.1 is the special case in which
+# $B$ holds a single key.
 # :::
-#
+
+# %% [markdown]
+# ### Exercise 2: the score matrix of a long context (explain, easy)
+# A model with 32 heads reads a 32k-token context ($T = 32768$). How much memory does one
+# layer's score matrix take for one sequence in float32 and in bfloat16? Compare with the
+# 80 GB of an H100. What does FlashAttention store instead, for $d = 128$?
+
+# %% tags=["solution", "hide-input"]
+# Solution 2
+H_long, T_long, d_long = 32, 32768, 128
+GiB = 2**30
+n_scores = H_long * T_long**2                        # one layer, one sequence: H T^2 scores
+n_out = T_long * H_long * d_long                     # FlashAttention's output O: (T, H d)
+n_lse = H_long * T_long                              # and its log-sum-exp L: one per query and head
+h100 = 80e9                                          # bytes
+print(f"scores: H T^2 = 2^{n_scores.bit_length() - 1} numbers: {n_scores * 4 / GiB:.0f} GiB in float32, "
+      f"{n_scores * 2 / GiB:.0f} GiB in bfloat16; an H100 holds 80 GB = {h100 / GiB:.1f} GiB")
+print(f"share of an H100 taken by one layer's scores: float32 {n_scores * 4 / h100:.0%}, "
+      f"bfloat16 {n_scores * 2 / h100:.0%}")
+print(f"FlashAttention stores O: {n_out * 2 / MiB:.0f} MiB in bfloat16, and L: {n_lse * 4 / MiB:.0f} MiB in float32")
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 2
-# $H T^2 = 32 \cdot 32768^2 = 2^{35} \approx 3.4\times 10^{10}$ scores: 128 GiB in float32,
-# 64 GiB in bfloat16, per layer and per sequence, more than an H100 holds for a single
-# layer, before the weights $P$ (the same size again) and the gradients. FlashAttention
-# stores the output $O$, $T \times Hd = 32768 \times 4096$ numbers (256 MiB in bfloat16,
-# needed anyway as the layer's output), and the log-sum-exp $L$, $HT$ float32 numbers
-# (4 MiB).
+# The score matrix holds $H T^2 = 32 \cdot 32768^2 = 2^{35}$ numbers per layer and per
+# sequence, 4 bytes each in float32 and 2 in bfloat16; the printout converts them to GiB
+# and to a share of an H100's memory. In float32 one layer's scores do not fit; in
+# bfloat16 they alone take most of the GPU, before the weights $P$ (the same size again),
+# the gradients and the model. FlashAttention stores the output $O$,
+# $T \times Hd = 32768 \times 4096$ numbers (needed anyway as the layer's output), and
+# the log-sum-exp $L$, $HT$ float32 numbers. Scores outnumber outputs by
+# $H T^2 / (T H d) = T/d$, a ratio that grows with the context.
 # :::
-#
+
+# %% [markdown]
+# ### Exercise 3: causal skipping (explain, medium)
+# With tiles of $b$ and $n = T/b$ tiles per side, how many tiles does causal tiled
+# attention visit, and what fraction of the full FLOPs is that? Check your formula against
+# the fraction measured in section 3.1.2.2 ({glue:}`a31_causal_fraction` at
+# $T=$ {glue:}`a31_causal_T`). How many FLOPs does the *naive* causal version save by
+# masking?
+
+# %% tags=["solution", "hide-input"]
+# Solution 3
+n_tiles = T_c // b_c                                 # tiles per side, as in section 3.1.2.2
+print(f"T = {T_c}, b = {b_c}: n = {n_tiles}, (n+1)/(2n) = {(n_tiles + 1) / (2 * n_tiles):.4f}, "
+      f"measured causal / full FLOPs = {causal_fraction:.4f}")
+assert flops_causal * 2 * n_tiles == flops_full * (n_tiles + 1)   # FLOP counts are integers: exact
+qn, kn, vn = (torch.randn(1, 1, T_c, 64) for _ in range(3))
+naive_full = ml.bench.count_flops(ml.attention.scaled_dot_product, qn, kn, vn)
+naive_causal = ml.bench.count_flops(ml.attention.scaled_dot_product, qn, kn, vn, causal=True)
+assert naive_causal == naive_full
+print(f"naive attention, causal and full: the same FLOPs: {naive_causal == naive_full}")
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 3
 # Query block $i$ visits key blocks $0, \dots, i$: $\sum_{i=1}^{n} i = n(n+1)/2$ tiles, a
-# fraction $(n+1)/(2n)$ of the $n^2$, which tends to $\tfrac12$. For $T = 1024$ and $b = 64$,
-# $n = 16$ and $(n+1)/(2n) = 17/32$; compare with the measured {glue:}`a31_causal_fraction`. The
-# naive version saves nothing: it computes all $T^2$ scores, then overwrites half of them
-# with $-\infty$. (Diagonal tiles are half wasted too; FlashAttention's kernels also skip
-# masked tiles, and some split the diagonal further.)
+# fraction $(n+1)/(2n)$ of the $n^2$, which tends to $\tfrac12$ as $n$ grows. Every tile
+# costs the same two $b \times b \times d$ products, so the FLOP ratio is exactly the tile
+# ratio: the printout checks the identity in integers at the $T$ and $b$ of section
+# 3.1.2.2. The naive version saves nothing: it computes all $T^2$ scores, then overwrites
+# the future half with $-\infty$. The diagonal tiles are half wasted too, which is the
+# $1/(2n)$ above $\tfrac12$; FlashAttention's kernels also skip masked tiles, and some
+# split the diagonal tiles further.
 # :::
-#
+
+# %% [markdown]
+# ### Exercise 4: block size (measure, medium)
+# Time `ml.attention.tiled_attention` forward at $T = 4096$ (one head, $d = 64$) for block
+# sizes 64 to 2048, with `ml.bench.time_fn`, and measure its peak memory with
+# `ml.bench.peak_memory`. Tabulate both against the block size and explain the two trends.
+
+# %% tags=["solution", "hide-input"]
+# Solution 4
+T_bs = ml.pick(smoke=512, cpu=4096, gpu=4096)
+q, k, v = (torch.randn(1, 1, T_bs, 64, device=dev) for _ in range(3))
+block_rows = []
+for b in ml.trim([b for b in (64, 128, 256, 512, 1024, 2048) if b <= T_bs]):
+    t = ml.bench.time_fn(ml.attention.tiled_attention, q, k, v, block_size=b,
+                         warmup=1, repeat=ml.pick(smoke=1, cpu=3, gpu=5)).median
+    peak = ml.bench.peak_memory(ml.attention.tiled_attention, q, k, v, block_size=b)
+    tiles = math.ceil(T_bs / b) ** 2
+    block_rows.append({"block size b": b, "tiles (T/b)^2": tiles, "fwd time (ms)": t * 1e3,
+                       "time per tile (us)": t / tiles * 1e6, "peak memory (MiB)": peak / MiB,
+                       "one b x b tile (MiB)": 4 * b * b / MiB})
+fastest, largest = min(block_rows, key=lambda r: r["fwd time (ms)"]), block_rows[-1]
+print(f"fastest block size on {dev.type} at T = {T_bs}: b = {fastest['block size b']}; the largest, "
+      f"b = {largest['block size b']}, takes {largest['fwd time (ms)'] / fastest['fwd time (ms)']:.1f} times as long")
+ml.bench.Table(block_rows, title=f"tiled_attention forward, T = {T_bs}, one head, d = 64, float32, on {dev.type}",
+               formats={"fwd time (ms)": "{:.1f}", "time per tile (us)": "{:.0f}",
+                        "peak memory (MiB)": "{:.2f}", "one b x b tile (MiB)": "{:.3f}"})
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 4
-# ```python
-# q, k, v = (torch.randn(1, 1, 4096, 64) for _ in range(3))
-# for b in (32, 64, 128, 256, 512, 1024, 2048):
-#     t = ml.bench.time_fn(ml.attention.tiled_attention, q, k, v, block_size=b, warmup=1, repeat=3)
-#     print(b, t, ml.bench.fmt_bytes(ml.bench.peak_memory(ml.attention.tiled_attention, q, k, v, block_size=b)))
-# ```
-# Memory grows as $b^2$ (a few $b \times b$ tiles) on top of the $O(Td)$ output. Time falls
-# as $b$ grows, because the $(T/b)^2$ iterations each pay a fixed Python and dispatch
-# overhead, until the tiles no longer fit in the CPU's caches and the loop approaches the
-# naive version (at $b = T$ it *is* the naive version). On a GPU the same trade-off sets $b$:
-# the tiles of $Q$, $K$, $V$ and $S$ must fit in the SRAM of one streaming multiprocessor.
-# :::
+# **Memory.** The peak is the output $O$ and the log-sum-exp ($O(Td)$, the same for every
+# $b$) plus a few $b \times b$ tiles of scores and weights. For small blocks the fixed part
+# dominates and the column barely moves; once the tiles outgrow it the peak follows the
+# last column, a few tiles, and grows as $b^2$. At $b = T$ a tile is the whole
+# $T \times T$ matrix: the naive version's memory.
 #
+# **Time.** The arithmetic is the same $4T^2d$ FLOPs at every $b$, but the loop makes
+# $(T/b)^2$ iterations, each a dozen small PyTorch operations with a fixed dispatch cost.
+# While that fixed cost dominates, the time per tile stays roughly constant, and doubling
+# $b$ divides the total by up to 4 (a quarter of the tiles); once a tile holds enough work
+# for the fixed cost to fade, the time per tile grows as $b^2$ like the work and the total
+# flattens. Beyond that, tiles that no longer fit in the CPU's caches cost memory traffic
+# again, which is what the printout's comparison of the largest block with the fastest
+# one measures. On a GPU the same trade-off sets $b$, with a hard limit: the tiles of $Q$,
+# $K$, $V$ and $S$ must fit in the SRAM of one streaming multiprocessor.
+# :::
+
+# %% [markdown]
+# ### Exercise 5: the backward from the log-sum-exp (implement, medium)
+# For one query $q$ over keys `K1` and values `V1`, write `row_backward(q, K, V, o, L, do)`
+# that returns $dq$, $dK$, $dV$ from the forward's output $o$, its log-sum-exp
+# $L = m + \log \ell$ and an upstream gradient $dO$, with the formulas of section 3.1.2.2:
+# recompute $P$ from $L$, take $\delta = dO \cdot o$, and call no softmax. Check it
+# against autograd through the textbook softmax, in float64.
+
+# %% tags=["solution", "hide-input"]
+# Solution 5
+def row_backward(q, K, V, o, L, do):
+    """dq (d,), dK (n, d), dV (n, dv) of o = softmax(K q / sqrt(d)) V, from the saved o and L."""
+    scale = 1 / math.sqrt(q.shape[0])
+    p = torch.exp(K @ q * scale - L)                 # (n,) P_j = e^(S_j - L), recomputed
+    dv = torch.outer(p, do)                          # (n, dv) dV = P^T dO
+    dp = V @ do                                      # (n,) dP_j = dO . v_j
+    ds = p * (dp - do @ o)                           # (n,) dS_j = P_j (dP_j - delta), delta = dO . o
+    return scale * ds @ K, scale * torch.outer(ds, q), dv
+
+
+ml.seed_all(8)
+qg, Kg, Vg = (t.clone().requires_grad_() for t in (q1, K1, V1))
+s_row = Kg @ qg / math.sqrt(qg.shape[0])
+o_row = torch.softmax(s_row, dim=0) @ Vg
+do_row = torch.randn_like(o_row)
+L_row = torch.logsumexp(s_row, dim=0)                # what the forward saves: m + log l
+grads_autograd = torch.autograd.grad(o_row, (qg, Kg, Vg), do_row)
+grads_ours = row_backward(q1, K1, V1, o_row.detach(), L_row.detach(), do_row)
+backward_err = max(max_err(a, b) for a, b in zip(grads_ours, grads_autograd))
+assert backward_err < 1e-12, backward_err            # float64 (eps = 2.2e-16), 12 keys
+print(f"row_backward vs autograd (float64): dq, dK, dV max error < 1e-12: {backward_err < 1e-12}")
+
+# %% [markdown] tags=["solution"]
+# :::{dropdown} Solution 5
+# The forward saved only $o$ and $L$; $P_j = e^{S_j - L}$ is one exponential per key, so
+# $P$ costs a recomputation of the scores instead of storage. The rest is the chain rule
+# of section 3.1.2.2 for a single row: $dV = P^\top dO$ (an outer product), $dP_j =
+# dO \cdot v_j$, and $dS_j = P_j (dP_j - \delta)$, where $\delta = \sum_j P_j\, dP_j =
+# dO \cdot o$ needs no $P$ at all; then $dq = \text{scale}\sum_j dS_j k_j$ and
+# $dk_j = \text{scale}\; dS_j\, q$. `ml.attention._flash_backward` does exactly this, for
+# a tile of queries at a time and summed over the key tiles.
+# :::
+
+# %% [markdown]
 # ## Key takeaways
 #
 # - Attention is $\operatorname{softmax}(QK^\top/\sqrt d + M)V$; $1/\sqrt d$ keeps the scores

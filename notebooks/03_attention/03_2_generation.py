@@ -289,25 +289,32 @@ ml.glue("a32_block", cfg["block_size"])
 #
 # Now the clock: tokens per second for generating $n$ new tokens after an 8-character
 # prompt, with and without the cache, at batch 1 and a larger batch (the whole batch
-# decodes in lockstep: tokens/s counts all sequences), median of repeats.
+# decodes in lockstep: tokens/s counts all sequences). `ml.bench.compare` runs the two in
+# alternating rounds and reports the cache's speed-up as the median of the per-round
+# ratios with their interquartile range (IQR), so a moment of noise hits both sides.
 
 # %%
 lengths = ml.pick(smoke=[4, 8], cpu=[8, 16, 32, cfg["block_size"] - 8],
                   gpu=[16, 64, 128, cfg["block_size"] - 8])
 batches = ml.pick(smoke=[1, 4], cpu=[1, 32], gpu=[1, 64])
-repeat = ml.pick(smoke=1, cpu=3, gpu=5)
+repeat = ml.pick(smoke=2, cpu=5, gpu=7)
 p8 = corpus.encode("ROMEO:\nW")[None].to(dev)
+
+
+def cache_speedup(model, prompt, n):
+    """The KV cache against recomputing the prefix, generating n tokens: a Comparison."""
+    return ml.bench.compare(lambda: model.generate(prompt, n, kv_cache=False),
+                            lambda: model.generate(prompt, n, kv_cache=True), warmup=1, repeat=repeat)
+
+
 speed_rows = []
 for bs in batches:
     for n in lengths:
-        row = {"batch": bs, "new tokens": n}
-        for cache in (False, True):
-            t = ml.bench.time_fn(gpt.generate, p8.repeat(bs, 1), n, kv_cache=cache,
-                                 warmup=1, repeat=repeat)
-            row["no cache tok/s" if not cache else "cache tok/s"] = bs * n / t.median
-        row["speed-up"] = row["cache tok/s"] / row["no cache tok/s"]
-        speed_rows.append(row)
-ml.bench.Table(speed_rows, title=f"CharGPT generation on {dev.type}, median of {repeat} runs")
+        cmp = cache_speedup(gpt, p8.repeat(bs, 1), n)
+        speed_rows.append({"batch": bs, "new tokens": n, "no cache tok/s": bs * n / cmp.baseline.median,
+                           "cache tok/s": bs * n / cmp.candidate.median, "speed-up (IQR)": cmp})
+ml.bench.Table(speed_rows, title=f"CharGPT generation on {dev.type}, {repeat} interleaved rounds",
+               formats={"no cache tok/s": "{:,.0f}", "cache tok/s": "{:,.0f}"})
 
 # %%
 fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 3.2))
@@ -322,17 +329,24 @@ plt.show()
 last = {bs: [r for r in speed_rows if r["batch"] == bs][-1] for bs in batches}
 
 # %% tags=["remove-cell"]
-ml.glue("a32_speedup_b1", last[batches[0]]["speed-up"], ".1f")
-ml.glue("a32_speedup_bbig", last[batches[-1]]["speed-up"], ".1f")
+for key, bs in (("b1", batches[0]), ("bbig", batches[-1])):
+    cmp = last[bs]["speed-up (IQR)"]
+    ml.glue(f"a32_speedup_{key}", cmp.speedup, ".1f")
+    ml.glue(f"a32_speedup_{key}_iqr", f"{cmp.lo:.1f}-{cmp.hi:.1f}x")
+    ml.glue(f"a32_speedup_{key}_words", cmp.words(faster="faster", slower="slower",
+                                                  same="no faster or slower, within the noise"))
 ml.glue("a32_bbig", batches[-1])
 ml.glue("a32_nmax", lengths[-1])
-ml.glue("a32_tps_b1_cache", last[batches[0]]["cache tok/s"], ".0f")
-ml.glue("a32_tps_b1_nocache", last[batches[0]]["no cache tok/s"], ".0f")
+ml.glue("a32_tps_b1_cache", last[batches[0]]["cache tok/s"], ",.0f")
+ml.glue("a32_tps_b1_nocache", last[batches[0]]["no cache tok/s"], ",.0f")
 
 # %% [markdown]
-# For {glue:}`a32_nmax` new tokens the cache makes generation {glue:}`a32_speedup_b1` times
-# faster at batch 1 ({glue:}`a32_tps_b1_nocache` → {glue:}`a32_tps_b1_cache` tokens/s) and
-# {glue:}`a32_speedup_bbig` times faster at batch {glue:}`a32_bbig`, far less than the
+# For {glue:}`a32_nmax` new tokens, generation with the cache runs at
+# {glue:}`a32_speedup_b1` times the speed without it at batch 1 (IQR
+# {glue:}`a32_speedup_b1_iqr`: {glue:}`a32_speedup_b1_words`;
+# {glue:}`a32_tps_b1_nocache` → {glue:}`a32_tps_b1_cache` tokens/s) and at
+# {glue:}`a32_speedup_bbig` times at batch {glue:}`a32_bbig` (IQR
+# {glue:}`a32_speedup_bbig_iqr`: {glue:}`a32_speedup_bbig_words`), far less than the
 # {glue:}`a32_flops_ratio`x in FLOPs at batch 1. At batch 1 on a CPU this model is tiny: a
 # step runs a few dozen small kernels, each taking microseconds of Python and dispatch
 # overhead whatever its size, so a 1-token forward costs not much less than a 50-token one.
@@ -350,12 +364,9 @@ long_lengths = ml.pick(smoke=[16, 48], cpu=[64, 128, 256, 448], gpu=[128, 256, 5
 long_gpt = chargpt(block_size=long_block)
 long_rows = []
 for n in long_lengths:
-    row = {"new tokens": n}
-    for cache in (False, True):
-        t = ml.bench.time_fn(long_gpt.generate, p8, n, kv_cache=cache, warmup=1, repeat=repeat)
-        row["no cache tok/s" if not cache else "cache tok/s"] = n / t.median
-    row["speed-up"] = row["cache tok/s"] / row["no cache tok/s"]
-    long_rows.append(row)
+    cmp = cache_speedup(long_gpt, p8, n)
+    long_rows.append({"new tokens": n, "no cache tok/s": n / cmp.baseline.median,
+                      "cache tok/s": n / cmp.candidate.median, "speed-up (IQR)": cmp})
 fig, ax = plt.subplots(figsize=(6, 3.2))
 for key, label in (("no cache tok/s", "without cache"), ("cache tok/s", "with KV cache")):
     ax.plot([r["new tokens"] for r in long_rows], [r[key] for r in long_rows], marker="o", label=label)
@@ -363,19 +374,30 @@ ax.set(xlabel="new tokens generated", ylabel="tokens / s", ylim=(0, None),
        title=f"CharGPT shape, block_size {long_block}, batch 1 (random weights)")
 ax.legend()
 plt.show()
-ml.bench.Table(long_rows, title=f"Generation with a {long_block}-token window, batch 1, {dev.type}")
+ml.bench.Table(long_rows, title=f"Generation with a {long_block}-token window, batch 1, {dev.type}, "
+                          f"{repeat} interleaved rounds", formats={"no cache tok/s": "{:,.0f}", "cache tok/s": "{:,.0f}"})
 
 # %% tags=["remove-cell"]
 ml.glue("a32_long_block", long_block)
 ml.glue("a32_long_n", long_lengths[-1])
-ml.glue("a32_long_speedup", long_rows[-1]["speed-up"], ".1f")
+long_cmp = long_rows[-1]["speed-up (IQR)"]
+ml.glue("a32_long_speedup", long_cmp.speedup, ".1f")
+ml.glue("a32_long_speedup_iqr", f"{long_cmp.lo:.1f}-{long_cmp.hi:.1f}x")
+ml.glue("a32_long_speedup_words", long_cmp.words(faster="faster", slower="slower",
+                                                 same="no faster or slower, within the noise"))
+# does the gap widen with the length? the speed-up at the longest length against the shortest
+first_cmp = long_rows[0]["speed-up (IQR)"]
+ml.glue("a32_long_widens", "widens" if long_cmp.lo > first_cmp.hi else
+        "narrows" if long_cmp.hi < first_cmp.lo else "does not measurably change")  # IQRs apart or not
 
 # %% [markdown]
-# Without a cache the rate falls as the sequence grows (each step is a longer forward);
-# with the cache it stays roughly level, up to the noise of single runs on a shared
-# machine (a step is one token-forward plus attention over a cache that is still short).
-# At {glue:}`a32_long_n` tokens the cache is {glue:}`a32_long_speedup` times faster, and
-# the gap keeps widening with the length.
+# Without a cache each step is a forward over the whole prefix, so its rate should fall as
+# the sequence grows; with the cache a step is one token-forward plus attention over a
+# cache that is still short, so its rate should stay roughly level. At
+# {glue:}`a32_long_n` tokens generation with the cache runs at {glue:}`a32_long_speedup`
+# times the speed without it (IQR {glue:}`a32_long_speedup_iqr`:
+# {glue:}`a32_long_speedup_words`), and from the shortest length to the longest the gap
+# {glue:}`a32_long_widens` (the longest length's IQR against the shortest's).
 #
 # ## 3.2.3 Multi-query and grouped-query attention
 #
@@ -400,7 +422,7 @@ ml.glue("a32_long_speedup", long_rows[-1]["speed-up"], ".1f")
 # each key/value head $G$ times and runs ordinary attention; PyTorch's
 # `F.scaled_dot_product_attention(..., enable_gqa=True)` and our `ml.attention.scaled_dot_product`
 # avoid the copy (the library reshapes the queries to `(B, Hkv, G * T, d)`, so each
-# key/value head is read once for its whole group, which is the point of the exercise):
+# key/value head is read once for its whole group; exercise 4 writes it):
 
 # %%
 torch.manual_seed(0)
@@ -478,7 +500,6 @@ ml.bench.Table(rows, title="KV cache size = 2 x layers x batch x kv heads x cont
 # %%
 batch_llm = 16
 step_bytes = {name: llm_weights + batch_llm * c for name, c in llm_cache.items()}
-# For exercise 1: the batch at which a 2,048-token cache weighs as much as the weights.
 print({name: ml.bench.fmt_bytes(b) for name, b in step_bytes.items()},
       f"bytes read per decoding step at batch {batch_llm}, context {ctx}")
 
@@ -493,8 +514,6 @@ ml.glue("a32_llm_cache_share", 100 * batch_llm * llm_cache["MHA"] / step_bytes["
 ml.glue("a32_llm_gqa_gain", step_bytes["MHA"] / step_bytes["GQA-8"], ".1f")
 ml.glue("a32_llm_mqa_gain", step_bytes["MHA"] / step_bytes["MQA"], ".1f")
 ml.glue("a32_llm_crossover", llm_weights / llm_cache["MHA"], ".1f")
-ml.glue("a32_ex1_mha", llm_weights / kv_cache_bytes(L_llm, 1, 32, 2048, d_llm, 2), ".1f")
-ml.glue("a32_ex1_gqa", llm_weights / kv_cache_bytes(L_llm, 1, 8, 2048, d_llm, 2), ".1f")
 
 # %% [markdown]
 # With multi-head attention the 7B-class model's cache is {glue:}`a32_llm_token` per token:
@@ -610,6 +629,15 @@ ml.bench.Table(quality_rows, title=f"CharGPT: MHA -> GQA/MQA by mean-pooling, th
 q_by = {r["attention"]: r for r in quality_rows}
 gqa_name = variant_name(kv_options[1], H_gpt) if len(kv_options) > 2 else "MQA"
 five_key = [k for k in quality_rows[0] if k.startswith("+")][0]
+# Is GQA closer to the control than MQA? Paired over the same validation characters:
+# MQA's loss minus GQA's, with the standard error of the per-character differences.
+per_char = {variant_name(kv, H_gpt): ml.sparsity.token_losses(model, val) for kv, (model, _) in uptrained.items()}
+gqa_lead, gqa_lead_se = ml.bench.paired_difference(per_char[gqa_name], per_char["MQA"])
+gqa_lead_words = ml.bench.quality_verdict(gqa_lead, gqa_lead_se, better="closer to the control than",
+                                          worse="farther from the control than",
+                                          same="not measurably closer to the control than")
+print(f"MQA loss - {gqa_name} loss on the same {len(per_char['MQA']):,} validation characters: "
+      f"{gqa_lead:+.4f} ± {gqa_lead_se:.4f} nats: {gqa_name} ends {gqa_lead_words} MQA")
 
 # %% tags=["remove-cell"]
 ml.glue("a32_up_steps", up_steps)
@@ -623,6 +651,9 @@ ml.glue("a32_gqa_name", gqa_name)
 ml.glue("a32_gqa_conv", q_by[gqa_name]["converted"], ".3f")
 ml.glue("a32_gqa_after", q_by[gqa_name][f"+{up_steps} steps"], ".3f")
 ml.glue("a32_gqa_gap", q_by[gqa_name]["vs MHA control"], ".3f")
+ml.glue("a32_gqa_lead", gqa_lead, "+.4f")
+ml.glue("a32_gqa_lead_se", gqa_lead_se, ".4f")
+ml.glue("a32_gqa_lead_words", gqa_lead_words)
 ml.glue("a32_five_steps", five_key.split()[0].lstrip("+"))
 ml.glue("a32_mha_five", q_by["MHA"][five_key], ".3f")
 ml.glue("a32_mqa_five", q_by["MQA"][five_key], ".3f")
@@ -636,9 +667,12 @@ ml.glue("a32_gqa_five", q_by[gqa_name][five_key], ".3f")
 # {glue:}`a32_gqa_name` reaches {glue:}`a32_gqa_after` and MQA {glue:}`a32_mqa_after`,
 # against {glue:}`a32_mha_after` for the MHA control trained the same steps: a gap of
 # {glue:}`a32_gqa_gap` and {glue:}`a32_mqa_gap` nats. The more heads share a key/value
-# head, the more it costs, as in the paper: GQA ends closer to the control than MQA.
-# (Single runs with one seed: differences of a hundredth of a nat are close to the noise
-# of the data order.) Note the first point of each curve, after
+# head, the more it should cost, as in the paper. Compared on the same validation
+# characters, {glue:}`a32_gqa_name` ends {glue:}`a32_gqa_lead_words` MQA (MQA minus
+# {glue:}`a32_gqa_name`: {glue:}`a32_gqa_lead` ± {glue:}`a32_gqa_lead_se` nats, two standard
+# errors deciding). That standard error covers the test characters only, and neighbouring
+# characters are not independent, so it is a lower bound; it does not cover the spread
+# between training seeds, which single runs cannot measure. Note the first point of each curve, after
 # {glue:}`a32_five_steps` steps, 5% of the pre-training steps as in the paper: the
 # control is at {glue:}`a32_mha_five`, *above* where it started, because the learning
 # rate warms up again from the end of a decayed schedule and disturbs the trained
@@ -649,190 +683,353 @@ ml.glue("a32_gqa_five", q_by[gqa_name][five_key], ".3f")
 # ### Decoding speed of MHA, GQA and MQA
 #
 # First the uptrained CharGPTs, generating with the cache at batch 1 and at a larger
-# batch:
+# batch. A ratio of two separate timings moves with whatever the machine does in between,
+# so each variant is timed against MHA in interleaved rounds (`ml.bench.compare`: MHA,
+# variant, then variant, MHA, ...), and its speed-up is the median of the per-round
+# ratios, with their interquartile range (IQR) as the spread:
 
 # %%
 n_dec = lengths[-1]
-dec_rows = []
-for kv, (model, record) in uptrained.items():
-    model.eval()
-    row = {"attention": variant_name(kv, H_gpt), "kv heads": kv}
-    for bs in batches:
-        t = ml.bench.time_fn(model.generate, p8.repeat(bs, 1), n_dec, kv_cache=True,
-                             warmup=1, repeat=repeat)
-        row[f"tok/s, batch {bs}"] = bs * n_dec / t.median
-        row[f"cache, batch {bs}"] = ml.bench.fmt_bytes(sum(c.nbytes for c in model.make_caches(bs)))
-    dec_rows.append(row)
-ml.bench.Table(dec_rows, title=f"Cached generation of {n_dec} tokens, trained CharGPTs, {dev.type}")
-
-# %%
-d_by = {r["attention"]: r for r in dec_rows}
+dec_repeat = ml.pick(smoke=2, cpu=6, gpu=10)
 mha_model = uptrained[H_gpt][0]
-cache_bytes = {bs: sum(c.nbytes for c in mha_model.make_caches(bs)) for bs in (batches[0], batches[-1])}
+dec_rows, dec_cmp, cache_bytes = [], {}, {}
+for bs in batches:
+    prompt_bs = p8.repeat(bs, 1)
+    mha_generate = functools.partial(mha_model.generate, prompt_bs, n_dec, kv_cache=True)
+    cache_bytes[bs] = sum(c.nbytes for c in mha_model.make_caches(bs))
+    for kv, (model, record) in uptrained.items():
+        if kv == H_gpt:
+            continue
+        name = variant_name(kv, H_gpt)
+        cmp = ml.bench.compare(mha_generate, functools.partial(model.generate, prompt_bs, n_dec, kv_cache=True),
+                               warmup=1, repeat=dec_repeat)
+        dec_cmp[name, bs] = cmp
+        dec_rows.append({
+            "batch": bs, "attention": name,
+            "KV cache: MHA → variant": f"{ml.bench.fmt_bytes(cache_bytes[bs])} → "
+                                       f"{ml.bench.fmt_bytes(sum(c.nbytes for c in model.make_caches(bs)))}",
+            "MHA (tokens/s)": bs * n_dec / cmp.baseline.median,
+            "variant (tokens/s)": bs * n_dec / cmp.candidate.median,
+            "speed-up over MHA (IQR)": cmp, "verdict": cmp.verdict})
+ml.bench.Table(dec_rows, title=f"Cached generation of {n_dec} tokens, trained CharGPTs, {dev.type}; "
+                               f"each variant against MHA in {dec_repeat} interleaved rounds",
+               formats={"MHA (tokens/s)": "{:,.0f}", "variant (tokens/s)": "{:,.0f}"})
 
 # %% tags=["remove-cell"]
-ml.glue("a32_dec_mha_b1", d_by["MHA"][f"tok/s, batch {batches[0]}"], ".0f")
-ml.glue("a32_dec_mqa_b1", d_by["MQA"][f"tok/s, batch {batches[0]}"], ".0f")
-ml.glue("a32_dec_mqa_gain_bbig", d_by["MQA"][f"tok/s, batch {batches[-1]}"]
-        / d_by["MHA"][f"tok/s, batch {batches[-1]}"], ".2f")
-ml.glue("a32_gpt_cache_b1", d_by["MHA"][f"cache, batch {batches[0]}"])
-ml.glue("a32_gpt_cache_bbig", d_by["MHA"][f"cache, batch {batches[-1]}"])
+def speed_words(cmp):
+    """'faster than' / 'slower than' / 'no faster or slower, within the noise, than', from the IQR."""
+    return cmp.words(faster="faster than", slower="slower than", same="no faster or slower, within the noise, than")
+
+
+b1, bbig = batches[0], batches[-1]
+ml.glue("a32_dec_mha_b1", b1 * n_dec / dec_cmp["MQA", b1].baseline.median, ".0f")
+ml.glue("a32_dec_mqa_b1", b1 * n_dec / dec_cmp["MQA", b1].candidate.median, ".0f")
+ml.glue("a32_dec_mqa_gain_b1", dec_cmp["MQA", b1].speedup, ".2f")
+ml.glue("a32_dec_mqa_iqr_b1", f"{dec_cmp['MQA', b1].lo:.2f}-{dec_cmp['MQA', b1].hi:.2f}")
+ml.glue("a32_dec_mqa_words_b1", speed_words(dec_cmp["MQA", b1]))
+ml.glue("a32_dec_mqa_gain_bbig", dec_cmp["MQA", bbig].speedup, ".2f")
+ml.glue("a32_dec_mqa_iqr_bbig", f"{dec_cmp['MQA', bbig].lo:.2f}-{dec_cmp['MQA', bbig].hi:.2f}")
+ml.glue("a32_dec_mqa_words_bbig", speed_words(dec_cmp["MQA", bbig]))
+ml.glue("a32_dec_gqa_gain_bbig", dec_cmp[gqa_name, bbig].speedup, ".2f")
+ml.glue("a32_dec_gqa_iqr_bbig", f"{dec_cmp[gqa_name, bbig].lo:.2f}-{dec_cmp[gqa_name, bbig].hi:.2f}")
+ml.glue("a32_dec_gqa_words_bbig", speed_words(dec_cmp[gqa_name, bbig]))
+ml.glue("a32_dec_repeat", dec_repeat)
+ml.glue("a32_gpt_cache_b1", ml.bench.fmt_bytes(cache_bytes[b1]))
+ml.glue("a32_gpt_cache_bbig", ml.bench.fmt_bytes(cache_bytes[bbig]))
 ml.glue("a32_gpt_weights", ml.bench.fmt_bytes(gpt_bytes))
-ml.glue("a32_dec_mqa_gain_b1", d_by["MQA"][f"tok/s, batch {batches[0]}"]
-        / d_by["MHA"][f"tok/s, batch {batches[0]}"], ".2f")
-ml.glue("a32_w_over_cache_b1", gpt_bytes / cache_bytes[batches[0]], ".0f")
-ml.glue("a32_cache_over_w_bbig", cache_bytes[batches[-1]] / gpt_bytes, ".1f")
+ml.glue("a32_w_over_cache_b1", gpt_bytes / cache_bytes[b1], ".0f")
+ml.glue("a32_cache_over_w_bbig", cache_bytes[bbig] / gpt_bytes, ".1f")
 
 # %% [markdown]
-# At batch 1, MHA generates {glue:}`a32_dec_mha_b1` tokens/s and MQA
-# {glue:}`a32_dec_mqa_b1`; at batch {glue:}`a32_bbig` MQA runs at
-# {glue:}`a32_dec_mqa_gain_bbig` times the speed of MHA. The MHA cache is
-# {glue:}`a32_gpt_cache_b1` at batch 1 and {glue:}`a32_gpt_cache_bbig` at batch
-# {glue:}`a32_bbig`, next to {glue:}`a32_gpt_weights` of weights. At batch 1 the weights
-# are {glue:}`a32_w_over_cache_b1` times the cache, so a decoding step reads mostly weights
-# (and pays per-kernel overheads), and MQA runs at {glue:}`a32_dec_mqa_gain_b1` times
-# MHA's speed (one run each, so a few percent either way is noise); at batch {glue:}`a32_bbig` the cache is
-# {glue:}`a32_cache_over_w_bbig` times the weights, and MQA runs at
-# {glue:}`a32_dec_mqa_gain_bbig` times MHA's speed. That is the regime the claim of MQA and
-# GQA is about: the cache is most of the bytes. We can push further into it on this
-# machine by making the cache large: a decoding step of a CharGPT-shaped model (random
-# weights) with its cache filled to a long context, at several batch sizes. The step reads
-# the weights once and the cache of every sequence:
+# The MHA cache is {glue:}`a32_gpt_cache_b1` at batch 1 and {glue:}`a32_gpt_cache_bbig` at
+# batch {glue:}`a32_bbig`, next to {glue:}`a32_gpt_weights` of weights. At batch 1 the
+# weights are {glue:}`a32_w_over_cache_b1` times the cache, so a decoding step reads mostly
+# weights (and pays per-kernel overheads). There MQA ({glue:}`a32_dec_mqa_b1` tokens/s,
+# MHA {glue:}`a32_dec_mha_b1`) generates {glue:}`a32_dec_mqa_words_b1` MHA: the median
+# per-round speed-up is {glue:}`a32_dec_mqa_gain_b1` (IQR {glue:}`a32_dec_mqa_iqr_b1`,
+# {glue:}`a32_dec_repeat` rounds). At batch {glue:}`a32_bbig` the cache is
+# {glue:}`a32_cache_over_w_bbig` times the weights, and MQA generates
+# {glue:}`a32_dec_mqa_words_bbig` MHA: {glue:}`a32_dec_mqa_gain_bbig` times its speed (IQR
+# {glue:}`a32_dec_mqa_iqr_bbig`); {glue:}`a32_gqa_name` generates
+# {glue:}`a32_dec_gqa_words_bbig` MHA: {glue:}`a32_dec_gqa_gain_bbig` times its speed (IQR
+# {glue:}`a32_dec_gqa_iqr_bbig`). The larger batch is the regime the claim of MQA and GQA
+# is about: the cache is most of the bytes. We can push further into it on this machine by
+# making the cache large: a decoding step of a CharGPT-shaped model (random weights) with
+# its cache filled to a long context, at several batch sizes, each variant again
+# interleaved with MHA. The step reads the weights once and the cache of every sequence:
 
 # %%
 ctx_big = ml.pick(smoke=128, cpu=1024, gpu=4096)
 step_batches = ml.pick(smoke=[1, 4], cpu=[1, 16, 64], gpu=[1, 32, 128])
-step_rows = []
-for kv in kv_options:
-    model = chargpt(kv_heads=kv, block_size=ctx_big)
-    for bs in step_batches:
-        caches = model.make_caches(bs)
+step_repeat = ml.pick(smoke=3, cpu=25, gpu=30)
+step_models = {kv: chargpt(kv_heads=kv, block_size=ctx_big) for kv in kv_options}
+
+
+def decode_step(model, bs):
+    """One decoding step of `model` for bs sequences against a full ctx_big-token cache; and its bytes."""
+    caches = model.make_caches(bs)
+    for c in caches:
+        c.k.normal_(), c.v.normal_()                 # random keys and values: the time does not depend on them
+    x_new = torch.zeros(bs, 1, dtype=torch.long, device=dev)
+
+    def step():
         for c in caches:
-            c.k.normal_(), c.v.normal_()
-        x_new = torch.zeros(bs, 1, dtype=torch.long, device=dev)
+            c.length = ctx_big - 1                   # a full cache: attend over ctx_big keys
+        with torch.no_grad():
+            model(x_new, caches)
 
-        def decode_step():
-            for c in caches:
-                c.length = ctx_big - 1            # a full cache: attend over ctx_big keys
-            with torch.no_grad():
-                model(x_new, caches)
+    return step, sum(c.nbytes for c in caches)
 
-        t = ml.bench.time_fn(decode_step, warmup=3, repeat=ml.pick(smoke=3, cpu=15, gpu=30))
-        step_rows.append({"attention": variant_name(kv, H_gpt), "batch": bs,
-                          "cache": ml.bench.fmt_bytes(sum(c.nbytes for c in caches)),
-                          "weights": ml.bench.fmt_bytes(ml.bench.model_bytes(model)),
-                          "ms per step": t.ms, "tokens/s": bs / t.median})
-        del caches
-ml.bench.Table(step_rows, title=f"One decoding step with a full {ctx_big}-token cache, {dev.type}")
+
+step_rows, step_cmp, step_mha_cache = [], {}, {}
+for bs in step_batches:
+    mha_step, step_mha_cache[bs] = decode_step(step_models[H_gpt], bs)
+    for kv in kv_options[1:]:
+        name = variant_name(kv, H_gpt)
+        step, kv_bytes = decode_step(step_models[kv], bs)
+        cmp = ml.bench.compare(mha_step, step, warmup=3, repeat=step_repeat)
+        step_cmp[name, bs] = cmp
+        step_rows.append({"batch": bs, "attention": name,
+                          "KV cache: MHA → variant": f"{ml.bench.fmt_bytes(step_mha_cache[bs])} → "
+                                                     f"{ml.bench.fmt_bytes(kv_bytes)}",
+                          "MHA step": cmp.baseline, "variant step": cmp.candidate,
+                          "speed-up over MHA (IQR)": cmp, "verdict": cmp.verdict})
+        del step
+    del mha_step
+ml.bench.Table(step_rows, title=f"One decoding step with a full {ctx_big}-token cache, {dev.type} (MHA weights: "
+                                f"{ml.bench.fmt_bytes(ml.bench.model_bytes(step_models[H_gpt]))}); "
+                                f"{step_repeat} interleaved rounds, times as median ± half the IQR")
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.2))
-for kv in kv_options:
-    rows = [r for r in step_rows if r["attention"] == variant_name(kv, H_gpt)]
-    ax.plot([r["batch"] for r in rows], [r["tokens/s"] for r in rows], marker="o",
-            label=f"{variant_name(kv, H_gpt)} ({kv} kv heads)")
-ax.set(xscale="log", yscale="log", xlabel="batch (sequences decoded together)",
-       ylabel="tokens / s", title=f"Decoding with a full {ctx_big}-token cache")
+for kv in kv_options[1:]:
+    name = variant_name(kv, H_gpt)
+    cmps = [step_cmp[name, bs] for bs in step_batches]
+    ax.errorbar(step_batches, [c.speedup for c in cmps], marker="o", capsize=3,
+                yerr=[[c.speedup - c.lo for c in cmps], [c.hi - c.speedup for c in cmps]],
+                label=f"{name} ({kv} kv heads)")
+ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="as fast as MHA")
+ax.set(xscale="log", xlabel="batch (sequences decoded together)", ylabel="speed-up over MHA (x)",
+       title=f"Decoding step with a full {ctx_big}-token cache (bars: IQR)")
 ax.legend()
 plt.show()
-s_by = {(r["attention"], r["batch"]): r for r in step_rows}
 bmax = step_batches[-1]
+mqa_big = step_cmp["MQA", bmax]
 
 # %% tags=["remove-cell"]
 ml.glue("a32_ctx_big", ctx_big)
 ml.glue("a32_step_bmax", bmax)
-ml.glue("a32_step_mqa_gain", s_by[("MHA", bmax)]["ms per step"] / s_by[("MQA", bmax)]["ms per step"], ".1f")
-ml.glue("a32_step_gqa_gain", s_by[("MHA", bmax)]["ms per step"] / s_by[(gqa_name, bmax)]["ms per step"], ".1f")
-ml.glue("a32_step_mqa_gain_b1", s_by[("MHA", step_batches[0])]["ms per step"]
-        / s_by[("MQA", step_batches[0])]["ms per step"], ".2f")
-ml.glue("a32_step_cache_mha", s_by[("MHA", bmax)]["cache"])
+for key, cmp in (("mqa", mqa_big), ("gqa", step_cmp[gqa_name, bmax]), ("mqa_b1", step_cmp["MQA", step_batches[0]])):
+    ml.glue(f"a32_step_{key}_gain", cmp.speedup, ".2f")
+    ml.glue(f"a32_step_{key}_iqr", f"{cmp.lo:.2f}-{cmp.hi:.2f}")
+    ml.glue(f"a32_step_{key}_words", speed_words(cmp))
+    ml.glue(f"a32_step_{key}_verdict", cmp.verdict)
+ml.glue("a32_step_cache_mha", ml.bench.fmt_bytes(step_mha_cache[bmax]))
 ml.glue("a32_step_cache_ratio", H_gpt)
+ml.glue("a32_step_vs_cache", ml.bench.verdict(
+    mqa_big.speedup, mqa_big.lo, mqa_big.hi, reference=H_gpt,
+    above="more than that", same="about as much: at this size the cache is nearly all the bytes of a step",
+    below="less: the weights, the MLP and projections (real work at a large batch) and the per-kernel "
+          "overheads do not shrink"))
 
 # %% [markdown]
 # With a full {glue:}`a32_ctx_big`-token cache at batch {glue:}`a32_step_bmax` (an MHA
-# cache of {glue:}`a32_step_cache_mha`), a decoding step is {glue:}`a32_step_gqa_gain`
-# times faster with {glue:}`a32_gqa_name` and {glue:}`a32_step_mqa_gain` times faster with
-# MQA than with MHA; at batch 1 the gain of MQA is {glue:}`a32_step_mqa_gain_b1`x. The
-# cache itself shrinks {glue:}`a32_step_cache_ratio` times with MQA, the step much less:
-# the weights, the MLP and projections (real work at a large batch) and the per-kernel
-# overheads do not shrink. The less the cache weighs in the bytes of a step, the less its
-# size matters. On a GPU serving an
-# LLM, decoding sits in the bandwidth-bound regime at almost any useful batch, which is why
-# nearly every recent large model uses GQA or MQA.
+# cache of {glue:}`a32_step_cache_mha`), {glue:}`a32_gqa_name` decodes
+# {glue:}`a32_step_gqa_words` MHA, at {glue:}`a32_step_gqa_gain` times its speed (IQR
+# {glue:}`a32_step_gqa_iqr`), and MQA {glue:}`a32_step_mqa_words` MHA, at
+# {glue:}`a32_step_mqa_gain` times its speed (IQR {glue:}`a32_step_mqa_iqr`); at batch 1
+# MQA decodes {glue:}`a32_step_mqa_b1_words` MHA ({glue:}`a32_step_mqa_b1_gain`x, IQR
+# {glue:}`a32_step_mqa_b1_iqr`). The cache itself shrinks {glue:}`a32_step_cache_ratio`
+# times with MQA, the step {glue:}`a32_step_vs_cache`. The less the cache weighs in the
+# bytes of a step, the less its size matters. On a GPU serving an LLM, decoding sits in
+# the bandwidth-bound regime at almost any useful batch, which is why nearly every recent
+# large model uses GQA or MQA.
 #
 # ## Claimed vs measured
 #
 # | source | claim | measured here (CharGPT, {glue:}`a32_block`-token window; device in the banner) |
 # | --- | --- | --- |
-# | {cite}`pope2023inference` | decoding is memory-bandwidth bound; the KV cache avoids recomputation and its size (not the FLOPs) limits batch and context, which multi-query attention relieves | the cache changes no token (greedy and sampled); {glue:}`a32_flops_ratio`x fewer FLOPs over a full window; {glue:}`a32_speedup_b1`x faster at batch 1, {glue:}`a32_speedup_bbig`x at batch {glue:}`a32_bbig`, {glue:}`a32_long_speedup`x for {glue:}`a32_long_n` tokens with a {glue:}`a32_long_block`-token window |
-# | {cite}`shazeer2019mqa` | MQA makes incremental decoding much faster with only minor quality degradation | converted + uptrained MQA: {glue:}`a32_mqa_gap` nats worse than the MHA control; decoding step {glue:}`a32_step_mqa_gain`x faster with a large cache (batch {glue:}`a32_step_bmax`, {glue:}`a32_ctx_big` tokens), {glue:}`a32_step_mqa_gain_b1`x at batch 1 |
-# | {cite}`ainslie2023gqa` | uptrained with 5% of the pre-training compute, GQA reaches quality close to MHA at a speed close to MQA; mean-pooling is the best conversion | {glue:}`a32_gqa_name` after {glue:}`a32_up_pct`% of the pre-training steps: {glue:}`a32_gqa_gap` nats from the MHA control (MQA {glue:}`a32_mqa_gap`); step {glue:}`a32_step_gqa_gain`x faster than MHA (MQA {glue:}`a32_step_mqa_gain`x) with a large cache |
+# | {cite}`pope2023inference` | decoding is memory-bandwidth bound; the KV cache avoids recomputation and its size (not the FLOPs) limits batch and context, which multi-query attention relieves | the cache changes no token (greedy and sampled); {glue:}`a32_flops_ratio`x fewer FLOPs over a full window; generation at {glue:}`a32_speedup_b1`x the uncached speed at batch 1 (IQR {glue:}`a32_speedup_b1_iqr`), {glue:}`a32_speedup_bbig`x at batch {glue:}`a32_bbig` (IQR {glue:}`a32_speedup_bbig_iqr`), {glue:}`a32_long_speedup`x for {glue:}`a32_long_n` tokens with a {glue:}`a32_long_block`-token window (IQR {glue:}`a32_long_speedup_iqr`) |
+# | {cite}`shazeer2019mqa` | MQA makes incremental decoding much faster with only minor quality degradation | converted + uptrained MQA: {glue:}`a32_mqa_gap` nats from the MHA control (MQA minus control, single runs); decoding step with a large cache (batch {glue:}`a32_step_bmax`, {glue:}`a32_ctx_big` tokens) at {glue:}`a32_step_mqa_gain`x MHA's speed (IQR {glue:}`a32_step_mqa_iqr`: {glue:}`a32_step_mqa_verdict`), at batch 1 {glue:}`a32_step_mqa_b1_gain`x (IQR {glue:}`a32_step_mqa_b1_iqr`: {glue:}`a32_step_mqa_b1_verdict`) |
+# | {cite}`ainslie2023gqa` | uptrained with 5% of the pre-training compute, GQA reaches quality close to MHA at a speed close to MQA; mean-pooling is the best conversion | {glue:}`a32_gqa_name` after {glue:}`a32_up_pct`% of the pre-training steps: {glue:}`a32_gqa_gap` nats from the MHA control (MQA {glue:}`a32_mqa_gap`); decoding step with a large cache at {glue:}`a32_step_gqa_gain`x MHA's speed (IQR {glue:}`a32_step_gqa_iqr`: {glue:}`a32_step_gqa_verdict`), MQA {glue:}`a32_step_mqa_gain`x |
 # | (arithmetic) | a 7B-class model with an 8k context needs a KV cache comparable to its weights | MHA {glue:}`a32_llm_mha` per sequence vs {glue:}`a32_llm_weights` of weights; GQA-8 {glue:}`a32_llm_gqa`, MQA {glue:}`a32_llm_mqa` |
 #
 # The papers measure on TPUs with models of billions of parameters, where decoding is
-# bandwidth-bound; our CharGPT on a CPU is overhead-bound at batch 1, so the cache and its
-# size show their value only once the batch (or the context) makes the step do real work.
-#
+# bandwidth-bound; at batch 1 our CharGPT on a CPU reads mostly weights and pays per-kernel
+# overheads, so the size of its cache can matter only once the batch (or the context) makes
+# the cache a large part of the bytes of a step.
+
+# %% [markdown]
 # ## Exercises
 #
-# 1. **Cache or weights?** For the 7B-class shape above (fp16 weights and cache), at which
-#    batch size does an MHA cache of 2,048 tokens per sequence weigh as much as the
-#    weights? And with GQA-8?
-# 2. **Cheaper refills.** Generate 300 tokens with `keep=block_size` (the default) and with
-#    `keep=block_size // 2`, and time both. Why is the second faster, and what does the model
-#    lose right after each refill?
-# 3. **From scratch instead of uptraining.** Train an MQA CharGPT with chapter 1's full
-#    recipe and compare its validation loss with the uptrained one.
-# 4. **Why does GQA need no copy?** In `ml.attention.scaled_dot_product`, the queries of a
-#    group are reshaped to `(B, Hkv, G * T, d)`. Explain why this reads each key/value
-#    head once, whereas `repeat_interleave` would make $G$ copies, and what that means for
-#    the bytes of a decoding step.
-#
+# ### Exercise 1: cache or weights? (explain, easy)
+# For the 7B-class shape above (fp16 weights and cache), at which batch size does an MHA
+# cache of 2,048 tokens per sequence weigh as much as the weights? And with GQA-8? What
+# does a decoding step read mostly below and above that batch?
+
+# %% tags=["solution", "hide-input"]
+# Solution 1
+ctx_ex1 = 2048
+for name, kv in (("MHA", H_llm), ("GQA-8", 8)):
+    per_seq = kv_cache_bytes(L_llm, 1, kv, ctx_ex1, d_llm, 2)
+    print(f"{name}: cache {ml.bench.fmt_bytes(per_seq)} per {ctx_ex1}-token sequence; the weights "
+          f"({ml.bench.fmt_bytes(llm_weights)}) weigh as much as the caches of {llm_weights / per_seq:.1f} sequences")
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 1
-# ```python
-# per_seq = kv_cache_bytes(32, 1, 32, 2048, 128, 2)       # 1 GiB per sequence with MHA
-# print(llm_weights / per_seq, llm_weights / kv_cache_bytes(32, 1, 8, 2048, 128, 2))
-# ```
-# The weights ({glue:}`a32_llm_weights`) weigh as much as the MHA caches of
-# {glue:}`a32_ex1_mha` sequences of 2,048 tokens: from that batch on, the cache is the
-# larger part of every decoding step. With GQA-8 the point moves to {glue:}`a32_ex1_gqa`
-# sequences, four times more.
+# One sequence's cache is $2 \cdot L \cdot H_{kv} \cdot T \cdot d$ numbers of 2 bytes, and
+# the batch at which the caches weigh as much as the weights is the weights divided by that,
+# as printed. Below that batch a decoding step reads mostly weights; above it, mostly cache,
+# and the cache's share grows with every sequence added. GQA-8 has $32 / 8 = 4$ times fewer
+# key/value heads, so its crossover batch is exactly four times MHA's: the printout's two
+# numbers differ by that factor.
 # :::
-#
+
+# %% [markdown]
+# ### Exercise 2: cheaper refills (measure, medium)
+# Generate a few windows' worth of tokens from chapter 1's weights (`gpt`) with
+# `keep=block_size` (the default) and with `keep=block_size // 2`, timed against each other
+# with `ml.bench.compare`. Which is faster, and why? What does the model lose right after
+# each refill? Measure that too: the validation loss of the next character with
+# `keep` characters of context against a full window.
+
+# %% tags=["solution", "hide-input"]
+# Solution 2
+n_refill = ml.pick(smoke=3 * cfg["block_size"], cpu=300, gpu=600)
+keep_half = cfg["block_size"] // 2
+refill = ml.bench.compare(functools.partial(gpt.generate, prompt, n_refill, kv_cache=True),   # keep=block_size
+                          functools.partial(gpt.generate, prompt, n_refill, kv_cache=True, keep=keep_half),
+                          warmup=1, repeat=ml.pick(smoke=2, cpu=5, gpu=10))
+print(f"{n_refill} tokens, keep={keep_half} against keep={cfg['block_size']}: speed-up {refill}: {refill.verdict}")
+
+# Position t of a validation window predicts the next character from t + 1 characters of context.
+with torch.no_grad():
+    pos_loss = torch.cat([F.cross_entropy(gpt(x).transpose(1, 2), y, reduction="none") for x, y in val])  # (windows, T)
+short, full = pos_loss[:, keep_half - 1], pos_loss[:, -1]
+gap, se = ml.bench.paired_difference(full, short)       # paired by window: mean and standard error of the difference
+words = ml.bench.quality_verdict(-gap, se, better="lower", worse="higher", same="not measurably different")
+print(f"val loss of the next character with {keep_half} characters of context: {short.mean():.3f} nats, "
+      f"with {cfg['block_size']}: {full.mean():.3f}; difference {gap:+.3f} ± {se:.3f}: "
+      f"right after a refill the loss is {words}")
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 2
-# ```python
-# for keep in (cfg["block_size"], cfg["block_size"] // 2):
-#     print(keep, ml.bench.time_fn(gpt.generate, prompt, 300, kv_cache=True, keep=keep,
-#                                  warmup=1, repeat=3))
-# ```
 # With `keep = block_size` the cache is full after the first window, and every later step
-# is a full prefill of `block_size` tokens: the uncached cost. With `keep = block_size // 2`
-# one prefill of half a window buys half a window of one-token steps. Right after a refill
-# the model sees only `keep` tokens of context instead of `block_size - 1`, so its
-# predictions there are slightly worse; for a character model with a
-# {glue:}`a32_block`-character window the difference is small.
+# refills it with a prefill of `block_size` tokens: the uncached cost, one full window per
+# token. With `keep = block_size // 2` one prefill of half a window buys about half a window
+# of one-token steps, so most steps are cheap; the first line of the printout gives the
+# speed-up this buys, with its interquartile range over interleaved rounds and the verdict
+# it supports. The price is context: right after a refill the model predicts from only
+# `keep` characters instead of a full window. The second line measures what that costs in
+# validation loss, and whether the difference is outside its standard error. Only the
+# tokens right after a refill pay it in full: the context grows back towards a full window
+# until the next refill.
 # :::
-#
+
+# %% [markdown]
+# ### Exercise 3: from scratch instead of uptraining (measure, hard)
+# Train an MQA CharGPT with chapter 1's full recipe,
+# `ml.baselines.char_gpt(variant="mqa", attn=functools.partial(ml.attention.MultiHeadAttention, kv_heads=1))`
+# (one training run, cached afterwards), and compare its validation loss with the
+# mean-pooled, uptrained MQA and with chapter 1's MHA model, on the same validation
+# characters and with the spread of each difference. What does each route cost?
+
+# %% tags=["solution", "hide-input"]
+# Solution 3
+mqa_scratch, mqa_record = ml.baselines.char_gpt(
+    variant="mqa", attn=functools.partial(ml.attention.MultiHeadAttention, kv_heads=1))
+mqa_scratch = mqa_scratch.to(dev)
+ref_losses = ml.sparsity.token_losses(base, val)             # chapter 1's MHA, per validation character
+losses3 = {}
+rows3 = []
+for name, model, steps in [("MQA from scratch", mqa_scratch, cfg["steps"]),
+                           ("MQA, pooled + uptrained", uptrained[1][0], cfg["steps"] + up_steps),
+                           ("MHA control, uptrained", uptrained[H_gpt][0], cfg["steps"] + up_steps)]:
+    losses3[name] = ml.sparsity.token_losses(model, val)
+    gap, se = ml.bench.paired_difference(ref_losses, losses3[name])
+    rows3.append({"model": name, "training steps": steps, "val loss (nats)": losses3[name].mean().item(),
+                  "vs chapter 1's MHA (nats)": f"{gap:+.3f} ± {se:.3f}",
+                  "loss is": ml.bench.quality_verdict(-gap, se, better="lower", worse="higher",
+                                                      same="not measurably different")})
+gap, se = ml.bench.paired_difference(losses3["MQA, pooled + uptrained"], losses3["MQA from scratch"])
+print(f"MQA from scratch: {cfg['steps']} steps, {mqa_record['train_seconds']:.0f} s of training; "
+      f"uptraining: {up_steps} steps on top of the MHA model")
+print(f"MQA from scratch against pooled + uptrained: {gap:+.3f} ± {se:.3f} nats, "
+      f"{ml.bench.quality_verdict(-gap, se, better='lower', worse='higher', same='not measurably different')}")
+ml.bench.Table(rows3, title=f"CharGPT validation loss against chapter 1's MHA ({base_loss:.3f} nats), "
+                            f"same characters; ± one standard error of the per-character difference")
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 3
-# ```python
-# mqa, rec = ml.baselines.char_gpt(variant="mqa",
-#                                  attn=functools.partial(ml.attention.MultiHeadAttention, kv_heads=1))
-# print(rec["metrics"]["val_loss"], rec["train_seconds"])
-# ```
-# It costs a full training run (cached afterwards). Compare its loss with the uptrained
-# MQA above *and* with chapter 1's MHA model: the paper's point is that uptraining gets
-# most of the way for 5% of that cost, which matters when the pre-training run cost
-# millions.
+# Every model is evaluated on the same validation characters as chapter 1's, so each
+# difference is paired: the spread is the standard error of the per-character difference,
+# and "loss is" says whether the difference is outside two of them. That spread covers the
+# choice of validation characters only, and is a lower bound even for that (neighbouring
+# characters are not independent); the spread between training runs with different seeds
+# is not in it, and a second seed (`seed=1` with its own `variant` name) would measure it.
+# The costs differ in kind: from scratch, MQA needs a whole pre-training run (the printout
+# gives its steps and seconds), while uptraining adds a fraction of one to a model that
+# already exists. The two uptrained models also saw more steps than chapter 1's, which is
+# why the MHA control is in the table: the uptrained MQA is fairly judged against it, the
+# MQA from scratch against chapter 1's model. The paper's argument is about cost: when the
+# pre-training run cost millions, a few percent of it buys an MQA or GQA model, and the
+# second line of the printout says whether, here, the cheap route ended as low as the
+# expensive one.
 # :::
-#
+
+# %% [markdown]
+# ### Exercise 4: grouped-query attention without a copy (implement, medium)
+# Write causal grouped-query attention `gqa_attention(q, k, v)` that reshapes the queries
+# of each group to `(B, Hkv, G * T, d)`, as `ml.attention.scaled_dot_product` does, and
+# check it against `repeat_interleave` + `F.scaled_dot_product_attention`. Then count, from
+# the tensors' sizes, the bytes of keys and values each version reads and writes. What
+# would the copy do to the bytes of a GQA-8 decoding step of the 7B-class model?
+
+# %% tags=["solution", "hide-input"]
+# Solution 4
+def gqa_attention(q, k, v):
+    """Causal GQA without a copy: q (B, H, T, d), k and v (B, Hkv, T, d) -> (B, H, T, d)."""
+    B, H, T, d = q.shape
+    Hkv = k.shape[1]
+    qg = q.reshape(B, Hkv, (H // Hkv) * T, d)                 # a group's query heads stacked as G*T rows
+    s = qg @ k.transpose(-2, -1) / math.sqrt(d)               # (B, Hkv, G*T, T): each key head read once
+    pos = torch.arange(qg.shape[2], device=q.device) % T      # row r holds query position r mod T
+    s = s.masked_fill(torch.arange(T, device=q.device) > pos[:, None], float("-inf"))
+    return (torch.softmax(s, dim=-1) @ v).reshape(B, H, T, d)  # each value head read once
+
+
+torch.manual_seed(0)
+q4 = torch.randn(2, 8, 64, 32, dtype=torch.float64)           # (B, H, T, d)
+k4, v4 = (torch.randn(2, 2, 64, 32, dtype=torch.float64) for _ in range(2))   # Hkv = 2: G = 4
+G4 = q4.shape[1] // k4.shape[1]
+k_rep, v_rep = k4.repeat_interleave(G4, dim=1), v4.repeat_interleave(G4, dim=1)
+err = (gqa_attention(q4, k4, v4) - F.scaled_dot_product_attention(q4, k_rep, v_rep, is_causal=True)).abs().max().item()
+assert err < 1e-12
+print(f"reshape trick vs repeat_interleave + SDPA (float64): max |Δ| < 1e-12: {err < 1e-12}")
+
+kv_read, copies = k4.nbytes + v4.nbytes, k_rep.nbytes + v_rep.nbytes
+print(f"reshape trick: reads K and V once: {ml.bench.fmt_bytes(kv_read)}")
+print(f"repeat_interleave: reads them ({ml.bench.fmt_bytes(kv_read)}), writes {G4} copies "
+      f"({ml.bench.fmt_bytes(copies)}), attention reads the copies ({ml.bench.fmt_bytes(copies)}): {(kv_read + 2 * copies) / kv_read:.0f}x the bytes")
+G_llm = H_llm // 8
+print(f"7B-class GQA-8 decoding step, one {ctx}-token sequence: {ml.bench.fmt_bytes(llm_cache['GQA-8'])} of cache "
+      f"read with the reshape, {ml.bench.fmt_bytes((1 + 2 * G_llm) * llm_cache['GQA-8'])} moved with the copy; "
+      f"MHA's cache: {ml.bench.fmt_bytes(llm_cache['MHA'])}")
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 4
-# A matrix product `(G * T, d) @ (d, Tk)` reads the `(d, Tk)` key matrix once for all
-# $G T$ query rows. `repeat_interleave` first writes $G$ copies of every key/value head to
-# memory and then reads them all: the cache's bytes are multiplied by $G$ again, undoing
-# exactly what GQA saves. Fused GPU kernels (FlashAttention's GQA support,
+# After the reshape, the $G$ query heads of a group are $G T$ rows of one matrix, and the
+# product `(G * T, d) @ (d, T)` reads the group's key matrix once for all of them (the
+# values likewise). Row $r$ holds the query at position $r \bmod T$, so the causal mask is
+# built from that position, not from $r$. `repeat_interleave` instead reads every key/value
+# head, writes $G$ copies to memory and lets attention read the copies: $1 + 2G$ times the
+# bytes, as printed. That is more than MHA's own cache ($G$ times GQA's): the copy undoes
+# all that GQA saves in a decoding step, and then some, as the last line shows for the
+# 7B-class model. Fused kernels (FlashAttention's GQA support, PyTorch's
 # `enable_gqa=True`) index the shared head instead of copying it.
 # :::
-#
+
+# %% [markdown]
 # ## Key takeaways
 #
 # - Causal attention never changes the past, so the keys and values of past tokens can be
@@ -844,8 +1041,9 @@ ml.glue("a32_step_cache_ratio", H_gpt)
 # - MQA and GQA shrink the cache by $H / H_{kv}$; a multi-head checkpoint converts by
 #   mean-pooling its key/value heads and recovers most of its quality with a short
 #   uptraining. GQA keeps more quality than MQA.
-# - A smaller cache is faster only where the cache is a large part of the bytes moved: at
-#   batch 1 on a CPU with a tiny model, overheads dominate and the gains are small.
+# - A smaller cache can only be faster where the cache is a large part of the bytes moved:
+#   at batch 1 on a CPU with a tiny model, the weights and per-kernel overheads dominate a
+#   step. Time such a comparison interleaved (`ml.bench.compare`) and quote its spread.
 #
 # ## References
 #

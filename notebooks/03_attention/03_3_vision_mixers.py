@@ -52,6 +52,7 @@ if "google.colab" in sys.modules:
                     "minilib @ git+https://github.com/efficient-dl-from-scratch/book"], check=True)
 
 import functools
+import itertools
 import math
 
 import matplotlib.pyplot as plt
@@ -499,20 +500,7 @@ ml.glue("a33_batch", batch)
 # %%
 acc = {r["mixer"]: r["test acc %"] for r in results}
 ips = {r["mixer"]: r["images/s"] for r in results}
-keys = {"softmax (baseline)": "softmax", "window+shift": "window", "axial": "axial",
-        "linear (elu+1)": "linear", "linear + DWC (SLAB)": "slab", "pooling": "pool",
-        "ResNet-9 (CNN)": "cnn"}
-for name, key in keys.items():
-    ml.glue(f"a33_acc_{key}", acc[name], ".1f")
-    ml.glue(f"a33_ips_{key}", ips[name], ",.0f")
 flops = {r["mixer"]: r["MFLOPs / image"] for r in results}
-ml.glue("a33_flops_softmax", flops["softmax (baseline)"], ".1f")
-ml.glue("a33_flops_linear", flops["linear (elu+1)"], ".1f")
-ml.glue("a33_flops_window", flops["window+shift"], ".1f")
-ml.glue("a33_flops_pool", flops["pooling"], ".1f")
-ml.glue("a33_slab_gain", acc["linear + DWC (SLAB)"] - acc["linear (elu+1)"], "+.1f")
-ml.glue("a33_pool_gap", acc["pooling"] - acc["softmax (baseline)"], "+.1f")
-ml.glue("a33_train_total_min", sum(r["train_seconds"] for n, r in records.items() if n in VARIANTS) / 60, ".1f")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 ml.plot.pareto(points, x="MFLOPs / image", y="test acc %", logx=True, ax=axes[0],
@@ -520,6 +508,21 @@ ml.plot.pareto(points, x="MFLOPs / image", y="test acc %", logx=True, ax=axes[0]
 ml.plot.pareto(points, x="images/s", y="test acc %", x_lower_is_better=False, logx=True, ax=axes[1],
                title="accuracy vs measured throughput")
 plt.show()
+
+# %% tags=["remove-cell"]
+glue_keys = {"softmax (baseline)": "softmax", "window+shift": "window", "axial": "axial",
+             "linear (elu+1)": "linear", "linear + DWC (SLAB)": "slab", "pooling": "pool",
+             "ResNet-9 (CNN)": "cnn"}
+for name, key in glue_keys.items():
+    ml.glue(f"a33_acc_{key}", acc[name], ".1f")
+    ml.glue(f"a33_ips_{key}", ips[name], ",.0f")
+ml.glue("a33_flops_softmax", flops["softmax (baseline)"], ".1f")
+ml.glue("a33_flops_linear", flops["linear (elu+1)"], ".1f")
+ml.glue("a33_flops_window", flops["window+shift"], ".1f")
+ml.glue("a33_flops_pool", flops["pooling"], ".1f")
+ml.glue("a33_slab_gain", acc["linear + DWC (SLAB)"] - acc["linear (elu+1)"], "+.1f")
+ml.glue("a33_pool_gap", acc["pooling"] - acc["softmax (baseline)"], "+.1f")
+ml.glue("a33_train_total_min", sum(r["train_seconds"] for n, r in records.items() if n in VARIANTS) / 60, ".1f")
 
 # %% [markdown]
 # At this scale the softmax ViT reaches {glue:}`a33_acc_softmax`%, window+shift
@@ -735,20 +738,16 @@ def slope(name, key="ms"):
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
-ml.glue("a33_cross_linear", crossover("linear (elu+1)", "softmax (fused SDPA)"))
-ml.glue("a33_cross_window", crossover("window 8x8", "softmax (fused SDPA)"))
-ml.glue("a33_cross_linear_mem", crossover("linear (elu+1)", "softmax (materialized)", "peak MB"))
-for name, key in [("softmax (fused SDPA)", "soft"), ("window 8x8", "window"), ("axial", "axial"),
-                  ("linear (elu+1)", "linear")]:
-    ml.glue(f"a33_slope_{key}", slope(name), ".2f")
+cross = {"linear": crossover("linear (elu+1)", "softmax (fused SDPA)"),
+         "window": crossover("window 8x8", "softmax (fused SDPA)"),
+         "linear_mem": crossover("linear (elu+1)", "softmax (materialized)", "peak MB")}
+slopes = {key: slope(name) for name, key in [("softmax (fused SDPA)", "soft"), ("window 8x8", "window"),
+                                             ("axial", "axial"), ("linear (elu+1)", "linear")]}
 T_max = max(series("axial"))
-ml.glue("a33_T_max", T_max, ",")
-ml.glue("a33_speedup_linear", series("softmax (fused SDPA)")[T_max] / series("linear (elu+1)")[T_max], ".1f")
-ml.glue("a33_speedup_window", series("softmax (fused SDPA)")[T_max] / series("window 8x8")[T_max], ".1f")
+speedup_at_T_max = {key: series("softmax (fused SDPA)")[T_max] / series(name)[T_max]
+                    for name, key in [("linear (elu+1)", "linear"), ("window 8x8", "window")]}
 T_mat = max(series("softmax (materialized)"))
-ml.glue("a33_T_mat", T_mat, ",")
-ml.glue("a33_mem_ratio_axial",
-        series("softmax (materialized)", "peak MB")[T_mat] / series("axial", "peak MB")[T_mat], ".1f")
+mem_ratio_axial = series("softmax (materialized)", "peak MB")[T_mat] / series("axial", "peak MB")[T_mat]
 # Verdicts from the exponents: a scaling claim reproduces if the measured p is within 0.25 of
 # the theory. Where it is not, say why: below sqrt(T) ~ C the 8TC^2 projections dominate.
 # Axial is judged on its own below: its claim (1.5) and the projections' exponent (1) are
@@ -757,16 +756,27 @@ theory = {"softmax (fused SDPA)": ("softmax", 2.0), "window 8x8": ("window", 1.0
           "linear (elu+1)": ("linear", 1.0)}
 held = [label for n, (label, p) in theory.items() if abs(slope(n) - p) <= 0.25]
 missed = [label for n, (label, p) in theory.items() if abs(slope(n) - p) > 0.25]
+p_axial = slope("axial")
+axial_verdict = ("reproduces (p at least 1.4)" if p_axial >= 1.4 else
+                 "does not reproduce at these sizes (p at most 1.1, the projections' exponent)" if p_axial <= 1.1 else
+                 f"is only partly reproduced: p = {p_axial:.2f} lies between the projections' 1 and the claimed 1.5")
+ml.bench.Table([r for r in sweep if r["T"] in (sides[0] ** 2, sides[-2] ** 2, sides[-1] ** 2)],
+               title="Selected sizes", formats={"ms": ".2f", "peak MB": ".1f"})
+
+# %% tags=["remove-cell"]
+for key, text in cross.items():
+    ml.glue(f"a33_cross_{key}", text)
+for key, exponent in slopes.items():
+    ml.glue(f"a33_slope_{key}", exponent, ".2f")
+ml.glue("a33_T_max", T_max, ",")
+for key, ratio in speedup_at_T_max.items():
+    ml.glue(f"a33_speedup_{key}", ratio, ".1f")
+ml.glue("a33_T_mat", T_mat, ",")
+ml.glue("a33_mem_ratio_axial", mem_ratio_axial, ".1f")
 ml.glue("a33_scaling_held", ", ".join(held) if held else "none")
 ml.glue("a33_scaling_missed", ", ".join(missed) if missed else "none")
 ml.glue("a33_side_max", sides[-1])
-p_axial = slope("axial")
-ml.glue("a33_axial_verdict",
-        "reproduces (p at least 1.4)" if p_axial >= 1.4 else
-        "does not reproduce at these sizes (p at most 1.1, the projections' exponent)" if p_axial <= 1.1 else
-        f"is only partly reproduced: p = {p_axial:.2f} lies between the projections' 1 and the claimed 1.5")
-ml.bench.Table([r for r in sweep if r["T"] in (sides[0] ** 2, sides[-2] ** 2, sides[-1] ** 2)],
-               title="Selected sizes", formats={"ms": ".2f", "peak MB": ".1f"})
+ml.glue("a33_axial_verdict", axial_verdict)
 
 # %% [markdown]
 # Measured on this machine: linear attention is faster than fused softmax attention from
@@ -900,66 +910,222 @@ plt.show()
 # %% [markdown]
 # ## Exercises
 #
-# 1. Swin-T's first stage has a $56\times56$ grid, $C = 96$, windows of $7\times7$. Using the
-#    formulas of section 3.3.1, how many times cheaper are the attention scores and weighted sum
-#    with windows than with global attention? And the whole layer including the projections?
-# 2. Take the trained window ViT and set every block's shift to 0 (`m.shift = (0, 0)`).
-#    Without retraining, how much test accuracy is lost? What does that say about how much
-#    information crosses window borders?
-# 3. Show that for any positive scale $c$, `linear_attention_weights(F.relu(c * q), F.relu(k))`
-#    equals the same call with `q` (up to `eps`), and that for `elu + 1` it does not. Is
-#    `elu + 1` then injective? Why is it still a poor substitute for softmax?
-# 4. In section 3.3.7, replace `window_size=8` by `window_size=4` and `16`. How do the time and the
-#    crossover with fused softmax move? Explain with the cost formula $4TNC$.
-#
+# ### Exercise 1: Swin-T's window savings (explain, easy)
+# Swin-T's first stage has a $56\times56$ grid, $C = 96$, windows of $7\times7$. Using the
+# formulas of section 3.3.1, how many times cheaper are the attention scores and weighted sum
+# with windows than with global attention? And the whole layer including the projections?
+
+# %% tags=["solution", "hide-input"]
+# Solution 1
+T, C, N = 56 * 56, 96, 7 * 7
+scores_full, scores_window = 4 * T * T * C, 4 * T * N * C        # section 3.3.1's table
+projections = 8 * T * C * C                                      # QKV and output, the same for both
+print(f"scores and weighted sum: {scores_full / scores_window:.0f}x cheaper with windows")
+print(f"whole layer with projections: {(projections + scores_full) / (projections + scores_window):.1f}x cheaper")
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 1
-# ```python
-# T, C, N = 56 * 56, 96, 49
-# scores_full, scores_win = 4 * T * T * C, 4 * T * N * C
-# proj = 8 * T * C * C
-# print(scores_full / scores_win, (proj + scores_full) / (proj + scores_win))
-# ```
-# The scores and weighted sum shrink by $T/N = 64$x; the whole layer by about 14x, because
-# the $8TC^2$ of the projections is now the larger part. That is the price of windows: once
-# they are cheap, attention is no longer where the FLOPs are.
+# The scores and weighted sum shrink by $4T^2C / 4TNC = T/N = 3136/49 = 64$. With the
+# projections the ratio is $(8TC^2 + 4T^2C)/(8TC^2 + 4TNC) = (2C + T)/(2C + N)$, the second
+# line of the printout: much less than 64, because once the windows are cheap the $8TC^2$ of
+# the projections is the larger part ($2C = 192$ against $N = 49$). That is the price of
+# windows: after them, attention is no longer where the FLOPs are.
 # :::
-#
+
+# %% [markdown]
+# ### Exercise 2: what do the shifts carry? (measure, medium)
+# Take the trained window+shift ViT of section 3.3.6 and set every block's shift to 0
+# (`block.attn.shift = (0, 0)`). Without retraining, how much test accuracy is lost on the
+# test images the notebook's accuracies come from, and is the loss larger than the noise?
+# What does that say about how much information crosses window borders? Restore the shifts
+# afterwards.
+
+# %% tags=["solution", "hide-input"]
+# Solution 2
+x_eval, y_eval = ml.data.cifar10(train=False)
+if cfg["n_test"] < len(y_eval):              # the class-balanced subset ml.baselines scores on
+    x_eval, y_eval = ml.data.subset(x_eval, y_eval, cfg["n_test"], seed=0)
+test_loader = ml.data.DeviceLoader(x_eval, y_eval, 1000, shuffle=False, device=dev,
+                                   mean=ml.data.CIFAR10_MEAN, std=ml.data.CIFAR10_STD)
+
+
+def correct(model):
+    """Per-image correctness on the test images (fp32, eval mode), on the CPU."""
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(xb_).argmax(-1) == yb_ for xb_, yb_ in
+                          itertools.islice(test_loader, ml.trim(len(test_loader)))]).cpu()
+
+
+win = models["window+shift"]
+trained_shifts = [b.attn.shift for b in win.blocks]
+hits_shift = correct(win)
+for b in win.blocks:
+    b.attn.shift = (0, 0)
+hits_no_shift = correct(win)
+logits_no_shift = forward(win)
+win.blocks[-1].attn.shift = trained_shifts[-1]   # the last block alone shifted again
+last_only_gap = (forward(win) - logits_no_shift).abs().max().item()
+for b, s in zip(win.blocks, trained_shifts):     # restore the trained model
+    b.attn.shift = s
+n_eval = len(hits_shift)
+lost, gained = int((hits_shift & ~hits_no_shift).sum()), int((~hits_shift & hits_no_shift).sum())
+change = 100 * (gained - lost) / n_eval                          # points; negative = a loss
+se = 100 * math.sqrt(max(lost + gained - (gained - lost) ** 2 / n_eval, 0)) / n_eval   # paired
+word = ml.bench.quality_verdict(change, se, better="higher", worse="lower")
+print(f"window+shift ViT on {n_eval:,} test images (fp32): shifts as trained "
+      f"{100 * hits_shift.float().mean():.1f}%, every shift 0 {100 * hits_no_shift.float().mean():.1f}%")
+print(f"change {change:+.1f} ± {se:.1f} points (paired), McNemar p = {ml.bench.mcnemar(hits_shift, hits_no_shift):.3g}: "
+      f"without shifts the accuracy is {word}")
+print(f"shifted blocks: {sum(s != (0, 0) for s in trained_shifts)} of {len(win.blocks)}; "
+      f"the last block's shift leaves the logits unchanged (max |Δ| < 1e-6): {last_only_gap < 1e-6}")
+print("shifts restored:", [b.attn.shift for b in win.blocks] == trained_shifts)
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 2
-# ```python
-# win = models["window+shift"]
-# saved = [b.attn.shift for b in win.blocks]
-# for b in win.blocks:
-#     b.attn.shift = (0, 0)
-# print(ml.train.evaluate(win, ...))   # the CIFAR-10 test loader of ml.baselines' recipe
-# for b, s in zip(win.blocks, saved):
-#     b.attn.shift = s
-# ```
-# Accuracy drops (by how much depends on the run): the model relies on the shifted blocks to
-# pass information across window borders. The class token attends globally here, so some
-# image-level information survives even without shifts.
+# The printout gives both accuracies on the same test images, the change with its paired
+# standard error, McNemar's test and the verdict. With every shift 0 the $8\times8$ grid is
+# cut into four fixed $4\times4$ windows in every block: a grid token never mixes with a
+# token of another window, and the only path across window borders is the class token, which
+# attends globally in every block. The last block's shift cannot matter at all (second
+# printed line): the head reads only the class token, whose attention in that block uses keys
+# and values computed before any window is formed, so only the shifted blocks before the last
+# one are really switched off (none in a 2-block model). A verdict "lower" says that the
+# trained model relies on them to pass information across window borders; a change within
+# the noise says that the class token's global view carries most of what the classifier
+# reads. Either way the layers were trained with the shifts, so the change measures what the
+# trained model depends on, not what a model trained without shifts could reach.
 # :::
-#
+
+# %% [markdown]
+# ### Exercise 3: ReLU features cannot sharpen (implement, medium)
+# Check, with an `assert`, that for positive scales $c$,
+# `linear_attention_weights(F.relu(c * q), F.relu(k))` equals the same call with `q` (up to
+# `eps`), and measure whether it does for $\phi = \operatorname{elu} + 1$. Is
+# $\operatorname{elu} + 1$ then injective? Why is it still a poor substitute for softmax?
+
+# %% tags=["solution", "hide-input"]
+# Solution 3
+g3 = torch.Generator().manual_seed(3)
+q3, k3 = (torch.randn(1, 1, 65, 16, dtype=torch.float64, generator=g3) for _ in range(2))
+elu1 = lambda t: F.elu(t) + 1                                     # noqa: E731
+
+
+def rows_at_scale(phi, c):
+    return A.linear_attention_weights(phi(c * q3), phi(k3))
+
+
+for c in (0.5, 2.0, 10.0):
+    relu_gap = (rows_at_scale(F.relu, c) - rows_at_scale(F.relu, 1.0)).abs().max().item()
+    elu_gap = (rows_at_scale(elu1, c) - rows_at_scale(elu1, 1.0)).abs().max().item()
+    assert relu_gap < 1e-6
+    print(f"c = {c:4}: relu rows equal to those of c = 1 (max error < 1e-6): {relu_gap < 1e-6}; "
+          f"elu+1 rows differ by more than 1e-3: {elu_gap > 1e-3}")
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 3
-# ```python
-# q, k = torch.randn(1, 1, 65, 16), torch.randn(1, 1, 65, 16)
-# w = lambda f, s: A.linear_attention_weights(f(s * q), f(k))
-# print((w(F.relu, 1) - w(F.relu, 3)).abs().max())                    # ~1e-7
-# print((w(lambda t: F.elu(t) + 1, 1) - w(lambda t: F.elu(t) + 1, 3)).abs().max())  # clearly > 0
-# ```
-# ReLU is positively homogeneous, so the division cancels $c$. `elu + 1` is not homogeneous,
-# so it is injective in this narrow sense, but the rows it produces are still flat and of rank
-# at most $d$: large $|q|$ does not make them concentrate on the best-matching key the way
-# $\exp$ does. Injectivity is necessary, not sufficient.
+# ReLU is positively homogeneous, $\operatorname{relu}(cq) = c\,\operatorname{relu}(q)$ for
+# $c > 0$, so numerator and denominator of
+# $w_{ij} = \phi(q_i)\cdot\phi(k_j) / (\phi(q_i)\cdot\sum_l \phi(k_l) + \epsilon)$ both scale by
+# $c$ and the row is unchanged up to the $\epsilon$ term: the assert holds at every scale.
+# $\operatorname{elu} + 1$ is not homogeneous, so its rows do change with $c$ (the printout),
+# and in this narrow sense it is injective. It is still a poor substitute:
+# $\operatorname{elu}(x) + 1$ grows linearly for $x > 0$ where $\exp$ grows exponentially,
+# so a larger $|q|$ does not make a row concentrate on the best-matching key the way $\exp$
+# does (section 3.3.6 measured how flat the trained rows are), and the matrix keeps rank at
+# most $d$. Injectivity is necessary, not sufficient.
 # :::
-#
+
+# %% [markdown]
+# ### Exercise 4: the window size (measure, medium)
+# Time one window-attention layer of section 3.3.7's width and heads with windows of
+# $4\times4$, $8\times8$ and $16\times16$ on a few grid sizes, next to the fused softmax
+# layer. How does the time move with the window, and where does each window size beat fused
+# softmax attention? Explain with the cost formula $4TNC$.
+
+# %% tags=["solution", "hide-input"]
+# Solution 4
+window_sides = (4, 8, 16)
+grid_sides = ml.pick(smoke=[16, 32], cpu=[16, 32, 64], gpu=[32, 64, 128])    # multiples of 16
+torch.manual_seed(6)
+mixers = {"fused softmax": ml.models.Attention(bench_dim, bench_heads)} | {
+    f"window {w}x{w}": A.WindowAttention(bench_dim, bench_heads, window_size=w) for w in window_sides}
+mixers = {name: layer.to(dev).eval() for name, layer in mixers.items()}
+rows4 = []
+for side in ml.trim(grid_sides):
+    x4 = torch.randn(1, side * side, bench_dim, device=dev)
+    with torch.inference_mode():
+        rows4.append({"tokens T": side * side} | {
+            name: ml.bench.time_fn(layer, x4, warmup=1, repeat=ml.pick(smoke=2, cpu=7, gpu=10))
+            for name, layer in mixers.items()})
+for w in window_sides:
+    name = f"window {w}x{w}"
+    beats = [f"{r['tokens T']:,}" for r in rows4 if r[name].q75 < r["fused softmax"].q25]   # IQRs apart
+    print(f"{name}: N = {w * w} keys per query, attention / projection FLOPs = N / 2C = "
+          f"{w * w / (2 * bench_dim):.2f}; faster than fused softmax at T = {', '.join(beats) or 'none measured'}")
+ml.bench.Table(rows4, title=f"One mixer layer, forward, batch 1, width {bench_dim}: time per call "
+               f"(median ± half IQR)")
+
+# %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 4
-# Window attention's score cost is $4TNC$ with $N = w^2$: $w = 4$ makes it 4x cheaper than
-# $w = 8$, $w = 16$ 4x dearer, and the crossover with full attention ($4T^2C$) moves to
-# larger $T$ as $N$ grows (at $T = N$ they do the same work). On a CPU, small windows also
-# mean many tiny matrix products, so the measured gain of $w = 4$ over $w = 8$ is smaller
-# than 4x.
+# The scores and weighted sum cost $4TNC$ with $N = w^2$: at a given $T$, a $4\times4$ window
+# does 4x less of that work than $8\times8$, and $16\times16$ 4x more. The layer also pays
+# the projections, $8TC^2$, whatever the window, so the whole layer changes by much less than
+# 4x when the printed ratio $N/2C$ is small: only the larger windows make attention a
+# sizeable part of the layer. Every window size grows linearly in $T$ while fused softmax
+# grows as $T^2$ ($4T^2C$): a window layer does less attention work than full attention as
+# soon as $T > N$, so by the FLOP count the crossover moves to larger $T$ as the window
+# grows; the printed lines say where each size beats fused softmax on this machine, with
+# the spreads apart. Where the measured times depart from the FLOP count, look at kernel
+# efficiency: small windows mean many tiny matrix products plus the roll, partition and
+# mask bookkeeping, which a CPU runs far below its peak, while the fused softmax kernel
+# runs a few large ones.
 # :::
-#
+
+# %% [markdown]
+# ### Exercise 5: window attention by reshaping (implement, medium)
+# Write `window_attention(q, k, v, grid, w)` for queries, keys and values $(B, h, T, d)$ on an
+# $H \times W$ grid (raster order, no class token): cut the grid into $w \times w$ windows
+# with `reshape` and `transpose` only, run `F.scaled_dot_product_attention` on the windows as
+# a batch, and put the tokens back in raster order. Check it against full attention with the
+# mask `swin_keep(GRID, (w, w), (0, 0))` of section 3.3.1, for $w = 2$ and $w = 4$.
+
+# %% tags=["solution", "hide-input"]
+# Solution 5
+def window_attention(q, k, v, grid, w):
+    B, h, T, d = q.shape
+    H, W = grid
+
+    def to_windows(t):                                     # (B, h, T, d) -> (B, h, nW, w*w, d)
+        t = t.reshape(B, h, H // w, w, W // w, w, d).transpose(3, 4)   # (B, h, H/w, W/w, w, w, d)
+        return t.reshape(B, h, (H // w) * (W // w), w * w, d)
+
+    y = F.scaled_dot_product_attention(to_windows(q), to_windows(k), to_windows(v))
+    return y.reshape(B, h, H // w, W // w, w, w, d).transpose(3, 4).reshape(B, h, T, d)
+
+
+g5 = torch.Generator().manual_seed(5)
+q5, k5, v5 = (torch.randn(2, 4, GRID[0] * GRID[1], 16, dtype=torch.float64, generator=g5) for _ in range(3))
+for w in (2, 4):
+    dense = F.scaled_dot_product_attention(q5, k5, v5, attn_mask=swin_keep(GRID, (w, w), (0, 0)))
+    err = (window_attention(q5, k5, v5, GRID, w) - dense).abs().max().item()
+    assert err < 1e-12
+    print(f"window {w}x{w} by reshaping == full attention with swin_keep's mask: max error < 1e-12: {err < 1e-12}")
+
+# %% [markdown] tags=["solution"]
+# :::{dropdown} Solution 5
+# Token $(r, c)$ sits at index $rW + c$, and with $r = w R + i$, $c = w C' + j$ the index
+# reads $((R\,w + i)\,(W/w) + C')\,w + j$: reshaping $T$ into $(H/w, w, W/w, w)$ gives the axes
+# $(R, i, C', j)$, and swapping $i$ and $C'$ puts the $w \times w$ tokens of window
+# $(R, C')$ next to each other. Attention then runs on $(H/w)(W/w)$ short sequences of
+# $N = w^2$ tokens in one batched call, $O(TN)$ work instead of $O(T^2)$; the inverse
+# reshape restores raster order. The check holds to float64 rounding: the reshaped batch
+# *is* full attention with the block-diagonal mask. `WindowAttention` does the same with
+# `window_partition` on a $(B, H, W, C)$ view, plus the roll, the cut-piece mask and the
+# relative bias for shifted windows.
+# :::
+
+# %% [markdown]
 # ## Key takeaways
 #
 # - Window, shifted-window and axial attention are full attention with a sparse mask; they
@@ -975,7 +1141,8 @@ plt.show()
 #   this scale it is not on par.
 # - Measure the crossover on your own hardware and lengths: fused softmax kernels moved it,
 #   and kernel efficiency (many small windows, reshapes) decides throughput at small $T$.
-#
+
+# %% [markdown]
 # ## References
 #
 # The papers cited in this notebook are listed, with links, in the book's

@@ -102,13 +102,6 @@ print(f"{len(models)} models evaluated on {n_test:,} test images")
 # whether $b$ and $c$ differ by more than coin flips would.
 
 # %%
-def paired(ref, cand):
-    """Change in accuracy (points), its paired standard error (points), McNemar's p."""
-    n = len(ref)
-    b, c = int((ref & ~cand).sum()), int((~ref & cand).sum())
-    return 100 * (c - b) / n, 100 * math.sqrt(max(b + c - (c - b) ** 2 / n, 0)) / n, ml.bench.mcnemar(ref, cand)
-
-
 x1 = torch.zeros(1, 3, 32, 32, device=dev)
 flops = {name: ml.bench.count_flops(m, x1) for name, (m, _, _) in models.items()}
 quality = {}
@@ -116,7 +109,7 @@ for name, (m, knob, ref) in models.items():
     acc = correct[name].float().mean().item()
     row = {"accuracy (%)": 100 * acc, "se": 100 * ml.bench.accuracy_se(acc, n_test)}
     if ref is not None and ref != name:
-        d, se_d, p = paired(correct[ref], correct[name])
+        d, se_d, p = ml.bench.paired_accuracy(correct[ref], correct[name])
         row |= {"change (points)": d, "paired se": se_d, "McNemar p": p}
     quality[name] = row
 
@@ -428,7 +421,7 @@ def bias_stats(key):
 feather_acc, feather_correct = {}, {}
 for name, m in bias_models.items():
     feather_correct[name] = c = T.correct(m, test)
-    d, se_d, p = paired(correct["ViT patch 2"], c)
+    d, se_d, p = ml.bench.paired_accuracy(correct["ViT patch 2"], c)
     feather_acc[name] = (100 * c.float().mean().item(), d, se_d, p)
 bias_rows = [{"criterion": name, "inputs": data} | bias_stats((name, data)) for name, data in maps]
 bias_table = ml.bench.Table(bias_rows, title=f"Where the kept tokens are (keep {keep:g} twice; "

@@ -135,14 +135,10 @@ def paired(name, per_a, per_b):
     """B against A on the same test samples: (B - A in the model's unit, its paired standard
     error, the verdict on B). Images: accuracy points, se from the images only one model gets
     right; CharGPT: loss in nats, se of the per-window differences (lower loss is better)."""
-    n = len(per_a)
     if name == "CharGPT":
-        d = per_b - per_a
-        change, se = d.mean().item(), d.std().item() / math.sqrt(n)
+        change, se = ml.bench.paired_difference(per_a, per_b)
         return change, se, ml.bench.quality_verdict(-change, se)
-    only_a, only_b = int((per_a & ~per_b).sum()), int((~per_a & per_b).sum())
-    change = 100 * (only_b - only_a) / n
-    se = 100 * math.sqrt(max(only_a + only_b - (only_b - only_a) ** 2 / n, 0.0)) / n
+    change, se, _ = ml.bench.paired_accuracy(per_a, per_b)
     return change, se, ml.bench.quality_verdict(change, se)
 
 

@@ -154,9 +154,7 @@ def acc_se(ok):
 
 def paired(ok_a, ok_b):
     """B against A on the same images: (change in points, paired se, verdict on B)."""
-    n, only_a, only_b = len(ok_a), int((ok_a & ~ok_b).sum()), int((~ok_a & ok_b).sum())
-    change = 100 * (only_b - only_a) / n
-    se = 100 * math.sqrt(max(only_a + only_b - (only_b - only_a) ** 2 / n, 0.0)) / n
+    change, se, _ = ml.bench.paired_accuracy(ok_a, ok_b)
     return change, se, ml.bench.quality_verdict(change, se)
 
 
@@ -288,8 +286,7 @@ rows, fmt_ok, fmt_loss = [], {}, {}
 for name, bits_w, w_fn, a_fn in formats:
     fmt_ok[name] = ok = correct(round_through(mlp, w_fn, a_fn, skip=()))
     fmt_loss[name] = loss = window_loss(round_through(gpt, w_fn, a_fn))
-    d = loss - loss_fp32
-    gpt_change, gpt_se = d.mean().item(), d.std().item() / math.sqrt(len(d))
+    gpt_change, gpt_se = ml.bench.paired_difference(loss_fp32, loss)
     rows.append({"format": name, "bits/weight": bits_w, "MLP accuracy %": acc(ok), "MLP vs float32": paired(ok_fp32, ok)[2],
                  "CharGPT val loss": loss.mean().item(), "CharGPT vs float32": ml.bench.quality_verdict(-gpt_change, gpt_se)})
     mlp_points.append({"name": name, "bytes": bits_w * n_weights / 8 + 4 * n_bias, "accuracy": acc(ok)})
@@ -317,8 +314,7 @@ for a, b, key in (("W4A4 int4 g16", "W4A4 fp4 g16", "w4a4"), ("int4 per channel"
     change, se, word = paired(fmt_ok[a], fmt_ok[b])
     ml.glue(f"{key}_fp_vs_int_mlp", f"{change:+.2f} ± {se:.2f} points ({word})")
     ml.glue(f"{key}_fp_vs_int_mlp_p", ml.bench.mcnemar(fmt_ok[a], fmt_ok[b]), ".2g")
-    d = fmt_loss[b] - fmt_loss[a]
-    change, se = d.mean().item(), d.std().item() / math.sqrt(len(d))
+    change, se = ml.bench.paired_difference(fmt_loss[a], fmt_loss[b])
     ml.glue(f"{key}_fp_vs_int_gpt", f"{change:+.3f} ± {se:.3f} nats ({ml.bench.quality_verdict(-change, se)})")
 
 # %% [markdown]

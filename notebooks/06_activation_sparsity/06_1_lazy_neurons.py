@@ -192,7 +192,7 @@ ref_losses = ml.sparsity.token_losses(gelu_gpt, val)
 rows, gpt_layers = [], {}
 for act, (model, rec) in gpts.items():
     losses = ml.sparsity.token_losses(model, val)
-    gap, se = ml.sparsity.loss_gap(losses, ref_losses)
+    gap, se = ml.bench.paired_difference(ref_losses, losses)
     per = {t: ml.sparsity.activation_sparsity(model, val, threshold=t) for t in thresholds}
     gpt_layers[act] = (list(per[0.0].values()), list(per[0.1].values()))
     rows.append({"model": "CharGPT", "FFN act": act, "quality": f"{losses.mean().item():.3f} nats",
@@ -217,7 +217,7 @@ sparsity_table
 
 # %% tags=["remove-cell"]
 by = {(r["model"], r["FFN act"]): r for r in rows}
-gap_relu, se_relu = ml.sparsity.loss_gap(ml.sparsity.token_losses(gpts["ReLU"][0], val), ref_losses)
+gap_relu, se_relu = ml.bench.paired_difference(ref_losses, ml.sparsity.token_losses(gpts["ReLU"][0], val))
 ml.glue("s61_gpt_relu_zero", 100 * by[("CharGPT", "ReLU")]["|a| <= 0"], ".1f")
 ml.glue("s61_gpt_relu_nonzero", 100 - 100 * by[("CharGPT", "ReLU")]["|a| <= 0"], ".1f")
 ml.glue("s61_vit_relu_zero", 100 * by[("ViT", "ReLU")]["|a| <= 0"], ".1f")

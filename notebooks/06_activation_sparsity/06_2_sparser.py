@@ -87,7 +87,7 @@ ref = ml.sparsity.token_losses(gelu_gpt, val)          # the dense GELU baseline
 def measure(model, name, **extra):
     """One point of the quality-vs-sparsity plot: loss, paired gap to GELU, exact-zero fraction."""
     losses = ml.sparsity.token_losses(model, val)
-    gap, se = ml.sparsity.loss_gap(losses, ref)
+    gap, se = ml.bench.paired_difference(ref, losses)
     s = ml.sparsity.activation_sparsity(model, val)
     return {"method": name, **extra, "sparsity": sum(s.values()) / len(s), "val loss": losses.mean().item(),
             "gap": gap, "se": se}
@@ -166,7 +166,7 @@ runs = {   # name: (model, record), control
 controls = {c: ml.sparsity.token_losses(runs[f"{c} fine-tuned (control)"][0][0], val) for c in ("GELU", "SiLU")}
 for name, ((model, _), c) in runs.items():
     p = measure(model, name, steps=ft_steps)
-    p["gap to control"], p["se to control"] = ml.sparsity.loss_gap(ml.sparsity.token_losses(model, val), controls[c])
+    p["gap to control"], p["se to control"] = ml.bench.paired_difference(controls[c], ml.sparsity.token_losses(model, val))
     points.append(p)
 
 # %%
@@ -431,7 +431,7 @@ ml.glue("s62_n_targets", len(chan_better))
 # Solution 1
 strong, _ = ml.sparsity.finetune("relufied-l1x4", relufied(), ft_steps, l1=4 * l1_max, log_every=ft_every)
 p4 = measure(strong, f"ReLUfied + progressive L1 x4 (lambda_max = {4 * l1_max:g})", steps=ft_steps)
-p4["gap to control"], p4["se to control"] = ml.sparsity.loss_gap(ml.sparsity.token_losses(strong, val), controls["GELU"])
+p4["gap to control"], p4["se to control"] = ml.bench.paired_difference(controls["GELU"], ml.sparsity.token_losses(strong, val))
 ml.bench.Table([l1run, p4], title="Solution 1: the L1 penalty, x1 and x4",
                columns=["method", "sparsity", "gap to control", "se to control"],
                formats={"sparsity": "{:.1%}", "gap to control": "{:+.3f}", "se to control": "{:.3f}"},

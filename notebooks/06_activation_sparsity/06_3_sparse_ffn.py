@@ -409,7 +409,7 @@ for recall in ml.trim([0.99, 0.95]):
     with timing_threads():
         cmp = ml.bench.compare(ffn_pass(dense_ffns, tokens), ffn_pass(dv_ffns, tokens), warmup=2, repeat=rounds)
     losses = ml.sparsity.token_losses(dv, val)
-    gap, se = ml.sparsity.loss_gap(losses, ref)
+    gap, se = ml.bench.paired_difference(ref, losses)
     pred_rows.append({"recall target": recall, "val recall": hits / act, "neurons computed": pred / (H * sum(len(x) for x in inputs.values())),
                       "val loss": losses.mean().item(), "gap": gap, "se": se, "FFN speed-up": cmp})
 ml.bench.Table(pred_rows, title=f"Deja Vu-style predictors (rank {r}) on the ReLU CharGPT, batch-1 FFN timing",
@@ -477,12 +477,12 @@ two4_rows, two4_models = [], {}
 for name, base in (("GELU", gelu_gpt), ("ReLU", relu_gpt)):
     pruned = copy.deepcopy(base)
     ml.sparsity.apply_2_4(pruned)
-    g0, _ = ml.sparsity.loss_gap(ml.sparsity.token_losses(pruned, val), ref)
+    g0, _ = ml.bench.paired_difference(ref, ml.sparsity.token_losses(pruned, val))
     m, _ = ml.sparsity.finetune(f"{name.lower()}-2of4", base, ft_steps, prepare=ml.sparsity.apply_2_4)
     ctrl, _ = ml.sparsity.finetune(name.lower(), base, ft_steps)      # dense, same steps (6.2's control for GELU)
     losses = ml.sparsity.token_losses(m, val)
-    g1, s1 = ml.sparsity.loss_gap(losses, ref)
-    gc, sc = ml.sparsity.loss_gap(losses, ml.sparsity.token_losses(ctrl, val))
+    g1, s1 = ml.bench.paired_difference(ref, losses)
+    gc, sc = ml.bench.paired_difference(ml.sparsity.token_losses(ctrl, val), losses)
     blocks = [l for n, l in m.named_modules() if isinstance(l, nn.Linear) and n != "head"]
     two4_models[name] = m
     two4_rows.append({"model": f"{name} 2:4", "layers pruned": len(blocks),
@@ -565,7 +565,7 @@ final = []
 gelu_pass = ffn_pass(variants["GELU dense (baseline)"][1], variants["GELU dense (baseline)"][2])
 for name, (model, ffns, toks) in variants.items():
     losses = ml.sparsity.token_losses(model, val)
-    gap, se = ml.sparsity.loss_gap(losses, ref)
+    gap, se = ml.bench.paired_difference(ref, losses)
     s = ml.sparsity.activation_sparsity(model, val[:5])
     skipped = 1 - pred_rows[0]["neurons computed"] if "Deja Vu" in name else sum(s.values()) / len(s)
     with timing_threads():

@@ -222,9 +222,9 @@ for s in (2, 3, 4):
     d = (s - 1) / 2
     aligned = ml.sr.evaluate(lambda lr: ml.sr.imresize(lr, s), set5, s, per_image=True)
     shifted = ml.sr.evaluate(lambda lr: displace(ml.sr.imresize(lr, s), d), set5, s, per_image=True)
-    loss, spread, n = ml.bench.mean_spread([a - b for a, b in zip(aligned["psnr_per_image"], shifted["psnr_per_image"])])
+    loss, loss_se = ml.bench.paired_difference(shifted["psnr_per_image"], aligned["psnr_per_image"])
     rows.append({"scale": f"x{s}", "offset": d, "aligned": aligned["psnr"], "shifted": shifted["psnr"],
-                 "loss": f"{loss:.2f} ± {spread / math.sqrt(n):.2f}"})
+                 "loss": f"{loss:.2f} ± {loss_se:.2f}"})
 ml.bench.Table(rows, title=f"bicubic on Set5 ({len(set5)} images), aligned and displaced by the paper port's offset",
                headers={"offset": "offset (HR pixels)", "aligned": "aligned PSNR (dB)", "shifted": "displaced PSNR (dB)",
                         "loss": "loss (dB, ± se over images)"},
@@ -398,14 +398,7 @@ big = eval_sets[-1]                            # the largest evaluation set (BSD
 plain, plain_record = ml.sr.trained_model("espcn", s, residual=False, progress=False)
 
 
-def paired(a, b):
-    """Mean and standard error of the per-image differences a - b (two lists of PSNRs, same images)."""
-    mean, std, n = ml.bench.mean_spread([x - y for x, y in zip(a, b)])
-    return mean, std / math.sqrt(n)
-
-
-skip, skip_se = paired(trained["espcn"][1]["metrics"][big]["psnr_per_image"],
-                       plain_record["metrics"][big]["psnr_per_image"])
+skip, skip_se = ml.bench.paired_difference(plain_record["metrics"][big]["psnr_per_image"], trained["espcn"][1]["metrics"][big]["psnr_per_image"])
 skip_verdict = ml.bench.quality_verdict(skip, skip_se, better="better", worse="worse")
 rows = [{"ESPCN": label, **{f"{k} PSNR (dB)": rec["metrics"][k]["psnr"] for k in dict.fromkeys(["Set5", big])}}
         for label, rec in (("with the bicubic skip", trained["espcn"][1]), ("as published (no skip)", plain_record))]
@@ -470,9 +463,9 @@ networks = list(ml.sr.MODEL_NAMES)
 best = max(networks, key=lambda n: metrics[n][big]["psnr"])
 rows, gains = [], {}
 for name in ["bicubic", *networks]:
-    gain, gain_se = paired(per_image[name], per_image["bicubic"])
+    gain, gain_se = ml.bench.paired_difference(per_image["bicubic"], per_image[name])
     gains[name] = (gain, gain_se)
-    vs_best, vs_best_se = paired(per_image[name], per_image[best])
+    vs_best, vs_best_se = ml.bench.paired_difference(per_image[best], per_image[name])
     rows.append({"method": name, "psnr": metrics[name][big]["psnr"], "ssim": metrics[name][big]["ssim"],
                  "gain": "" if name == "bicubic" else f"{gain:+.2f} ± {gain_se:.2f}",
                  "verdict": "" if name == "bicubic" else ml.bench.quality_verdict(gain, gain_se),
@@ -492,7 +485,7 @@ for k in ("Set14", "BSD100"):                    # named in the claims table at 
         for name in metrics:
             ml.glue(f"{name}_x{s}_{k}_psnr", f"(not measured at the {ml.scale()} scale)")
 runner_up = max((n for n in networks if n != best), key=lambda n: metrics[n][big]["psnr"])
-lead, lead_se = paired(per_image[best], per_image[runner_up])
+lead, lead_se = ml.bench.paired_difference(per_image[runner_up], per_image[best])
 ml.glue("best_method", best)
 ml.glue("best_gain", gains[best][0], ".2f")
 ml.glue("best_gain_se", gains[best][1], ".2f")
@@ -502,10 +495,10 @@ ml.glue("best_lead_se", lead_se, ".2f")
 ml.glue("best_lead_verdict", ml.bench.quality_verdict(lead, lead_se, better="ahead of it", worse="behind it"))
 cnns = ["srcnn", "fsrcnn", "espcn"]
 best_cnn = max(cnns, key=lambda n: metrics[n][big]["psnr"])
-w, w_se = paired(per_image["windowsr"], per_image[best_cnn])
+w, w_se = ml.bench.paired_difference(per_image[best_cnn], per_image["windowsr"])
 ml.glue("best_cnn", best_cnn)
 ml.glue("windowsr_vs_cnn", f"{w:+.2f} ± {w_se:.2f} dB ({ml.bench.quality_verdict(w, w_se)})")
-e, e_se = paired(per_image["espcn"], per_image["srcnn"])
+e, e_se = ml.bench.paired_difference(per_image["srcnn"], per_image["espcn"])
 ml.glue("espcn_vs_srcnn", f"{e:+.2f} ± {e_se:.2f} dB ({ml.bench.quality_verdict(e, e_se)})")
 gaps = [PUBLISHED_SET5_X3[n] - metrics[n]["Set5"]["psnr"] for n in cnns]
 ml.glue("paper_gap_min", min(gaps), ".2f")
@@ -592,7 +585,7 @@ ml.train.fit(mse_model, ml.sr.PatchSampler(config["train_set"], s, config["patch
              loss_fn=lambda pred, target: F.mse_loss(pred.float(), target), amp=False, progress=False)
 mse_eval = ml.sr.evaluate(lambda lr: ml.sr.upscale(mse_model.eval(), lr, s), ml.sr.eval_images(big, limit), s,
                           per_image=True)
-l1_minus_mse, l1_minus_mse_se = paired(per_image["espcn"], mse_eval["psnr_per_image"])
+l1_minus_mse, l1_minus_mse_se = ml.bench.paired_difference(mse_eval["psnr_per_image"], per_image["espcn"])
 mse_verdict = ml.bench.quality_verdict(l1_minus_mse, l1_minus_mse_se, better="L1 is better", worse="MSE is better")
 print(f"ESPCN x{s} on {big}: L1 {metrics['espcn'][big]['psnr']:.2f} dB, MSE {mse_eval['psnr']:.2f} dB; "
       f"L1 - MSE per image {l1_minus_mse:+.3f} ± {l1_minus_mse_se:.3f} dB: {mse_verdict}")
