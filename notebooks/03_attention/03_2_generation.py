@@ -957,7 +957,8 @@ print(f"MQA from scratch: {cfg['steps']} steps, {mqa_record['train_seconds']:.0f
 print(f"MQA from scratch against pooled + uptrained: {gap:+.3f} ± {se:.3f} nats, "
       f"{ml.bench.quality_verdict(-gap, se, better='lower', worse='higher', same='not measurably different')}")
 ml.bench.Table(rows3, title=f"CharGPT validation loss against chapter 1's MHA ({base_loss:.3f} nats), "
-                            f"same characters; ± one standard error of the per-character difference")
+                            f"same characters; ± one standard error of the per-character difference",
+               formats={"val loss (nats)": "{:.3f}"})
 
 # %% [markdown] tags=["solution"]
 # :::{dropdown} Solution 3
