@@ -625,7 +625,7 @@ ml.glue("mfu_batch", batch)
 # a row, then take the `ml.bench.time_fn` median with its defaults three times. How much do
 # the ten single calls vary, and how much the three medians?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 n1 = ml.pick(smoke=256, cpu=2048, gpu=2048)
 a1, b1 = torch.randn(n1, n1, device=dev), torch.randn(n1, n1, device=dev)
@@ -651,7 +651,7 @@ print("the medians vary", "less" if spread_median < spread_single else "no less"
 # $n\times n$ weight as a function of $B$. For which batch size does it cross this
 # machine's ridge point at $n = 4096$? What does that say about inference at batch size 1?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 n2 = 4096
 intensity = lambda B: 2 * B * n2**2 / (4 * (2 * B * n2 + n2**2))  # noqa: E731
@@ -677,7 +677,7 @@ print(f"ridge {ridge:.1f} FLOP/byte; I(B=1) = {intensity(1):.2f} FLOP/byte; "
 # same bytes. What fraction of the memory roof does it reach? Would a cheaper GELU formula make it faster? Check with
 # `approximate="tanh"`.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 src = torch.randn(ws // 8, device=dev)
 dst, y = torch.empty_like(src), torch.empty_like(src)  # gelu reads 4 and writes 4 bytes: as the copy
@@ -713,7 +713,7 @@ del src, dst, y
 # depthwise convolution has $g = C_\text{in}$), and check it against `ml.bench.count_flops`
 # for $g = 1, 4, 16$. How does the arithmetic intensity change from $g = 1$ to depthwise?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 def conv_flops(B, c_in, c_out, H, W, k, groups=1):
     return 2 * B * c_out * H * W * (c_in // groups) * k * k
@@ -744,7 +744,7 @@ for g in (1, 4, 16):
 # two known cases: a function against itself (expect "no measurable difference") and a
 # function against itself called twice (expect a ratio near 0.5).
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 5
 def ab_ratios(f, g, rounds=30):
     ratios = []

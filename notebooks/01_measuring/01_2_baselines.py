@@ -535,7 +535,7 @@ ml.glue("front_models", " and ".join(front_models))
 # Load the CNN again with `ml.baselines.cifar_cnn()`. How long does it take now, and why?
 # What makes it train again?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 start = time.perf_counter()
 ml.baselines.cifar_cnn()
@@ -555,7 +555,7 @@ print(f"second call: {time.perf_counter() - start:.2f} s")
 # $32\times32$ crop at `offsets[b] = (row, col)` in a Python loop, and check that it equals
 # `ml.data.random_crop(x, padding, offsets=offsets)` exactly.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 def crop_loop(x, padding, offsets):
     H, W = x.shape[-2:]
@@ -586,7 +586,7 @@ print("crop_loop equals ml.data.random_crop on 64 images: True")
 # without flip TTA on the same test images. Is the difference larger than the noise
 # (McNemar)? What does TTA cost at inference?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 plain = correct(cnn, cifar_test, tta=False)
 p_tta = ml.bench.mcnemar(hits0, plain)
@@ -614,7 +614,7 @@ print(f"inference with TTA against without: {tta_cost} ({tta_cost.verdict})")
 # and compare with the estimate $2N$ per token for a model with $N$ parameters
 # {cite}`kaplan2020scaling`. Where does the difference come from?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 T, C, L, V = gpt.block_size, g["n_embd"], g["n_layer"], corpus.vocab_size
 per_op = ml.bench.flop_breakdown(gpt.eval(), torch.zeros(1, T, dtype=torch.long, device=dev))
@@ -649,7 +649,7 @@ print("  the terms add up to the counted FLOPs: True")
 # history row whose `metric` reaches `threshold` (or `None`), and check it against
 # `History.time_to` on ResNet-9's history for a few thresholds.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 5
 def time_to(rows, metric, threshold):
     return next((r["time"] for r in rows if r.get(metric) is not None and r[metric] >= threshold), None)

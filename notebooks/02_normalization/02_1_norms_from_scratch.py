@@ -926,7 +926,7 @@ else:
 # $r = (\frac1n\sum_j x_j^2 + \epsilon)^{-1/2}$, in the form used for LayerNorm, write it as
 # a function `rms_norm_backward(x, w, dy, eps)`, and check it against autograd in float64.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 def rms_norm_backward(x, w, dy, eps):
     r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
@@ -960,7 +960,7 @@ print(f"hand-written RMSNorm backward vs autograd (float64): max |Δ| < 1e-12: {
 # with $M = 16$ values per channel. What are `running_mean` and `running_var` afterwards?
 # What does eval mode then output for an input equal to 2? What would `momentum=None` give?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 for momentum in (0.1, None):
     bn = nn.BatchNorm2d(1, momentum=momentum)
@@ -993,7 +993,7 @@ for momentum in (0.1, None):
 # and how long does the naive eager version take, with the pass count measured above
 # (assume the same count in bfloat16)? What does one RMSNorm save over one fused LayerNorm?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 elements = 8 * 1024 * 4096
 fused_bytes = 2 * elements * 2                                     # read x, write y; 2 bytes each
@@ -1019,7 +1019,7 @@ print(f"fused LayerNorm: {fused_bytes / 1e6:.0f} MB, {fused_bytes / 3e12 * 1e6:.
 # `rms_from_compressed(z)` that computes $\operatorname{rms}(x)$ from $z$ alone, and check
 # it against the RMS of the full vector.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 def rms_from_compressed(z):
     d = z.shape[-1] + 1                                            # the dropped entry is -sum(z)
@@ -1048,7 +1048,7 @@ print(f"RMS from the first d-1 entries vs the full vector (float64): max |Δ| < 
 # $x + c$ with offsets $c = 10^2, 10^3, 10^4$ in float32, next to `layer_norm_naive` (two
 # passes: mean first, then the variance of $x - \mu$). Explain the difference.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 5
 def layer_norm_one_pass(x, weight, bias, eps=1e-5):
     mean, mean_sq = x.mean(-1, keepdim=True), x.pow(2).mean(-1, keepdim=True)

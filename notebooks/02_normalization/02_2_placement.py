@@ -1010,7 +1010,7 @@ ml.glue("n22_ma_is_massive", "none" if max(r["top-1 / median"] for r in mt.value
 # loss and its gradient profile (last block over block 0) with $\alpha = 0.25$ and with
 # Pre-LN. Which way does the profile move?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 MIX_ALPHA = 0.5                 # read by n_post() and stored in the cache key by train_gpt
 mix_half = train_gpt("mix", deep, lr=GRID_LR, warmup=GRID_WARMUP, tag="alpha")[1]
@@ -1044,7 +1044,7 @@ ml.bench.Table(rows1, title=f"{deep} layers, {STEPS} steps; seed spread of a fin
 # output and the stream it is added to, and use it to explain where the measured curve of
 # section 2.2.3 lies.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 torch.manual_seed(0)
 peri = build_gpt("peri", INIT_DEPTH).eval()
@@ -1105,7 +1105,7 @@ print(f"mean cosine(stream, normalized branch output) over {len(cos)} sub-layers
 # projections, needs one line in `build_gpt`: which of the three addresses the cause of
 # section 2.2.5, and which only delays it?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 rows4 = [{"setting": f"grid: lr {GRID_LR:g}, warm-up {GRID_WARMUP}", "rec": grid["post", deep][1]}]
 for lr, warmup in [(GRID_LR / 3, GRID_WARMUP), (GRID_LR, STEPS // 2)]:

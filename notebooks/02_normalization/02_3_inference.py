@@ -798,7 +798,7 @@ plt.show()
 # steps as the staged removal. Compare its final loss with the staged removal's, with the
 # paired spread of section 2.3.3.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 all_at_once = copy.deepcopy(gpt)
 ml.norm.fix_layer_norms(all_at_once, calib, ln_names)
@@ -840,7 +840,7 @@ print(f"all at once, {stage_steps * len(stages)} steps: {loss_all:.4f}; staged: 
 # returns one `nn.Linear` equal to `bn(linear(x))` in eval mode, and check it against the
 # pair on random inputs, after giving the BatchNorm non-trivial running statistics.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 5
 @torch.no_grad()
 def fold_linear_bn(linear, bn):

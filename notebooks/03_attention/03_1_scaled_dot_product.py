@@ -973,7 +973,7 @@ ml.glue("a31_cpu_fused_mem_ratio", ratio("fwd+bwd memory"), ".0f")
 # point. (This is how FlashAttention's "split-K" decoding kernels combine partial results
 # from several thread blocks.)
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 def state(q, K, V):
     """(m, l, o) of the online softmax of one query q over keys K (n, d) and values V (n, dv)."""
@@ -1021,7 +1021,7 @@ print(f"merged states vs softmax(s) @ V, every split and both bracketings: max e
 # layer's score matrix take for one sequence in float32 and in bfloat16? Compare with the
 # 80 GB of an H100. What does FlashAttention store instead, for $d = 128$?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 H_long, T_long, d_long = 32, 32768, 128
 GiB = 2**30
@@ -1055,7 +1055,7 @@ print(f"FlashAttention stores O: {n_out * 2 / MiB:.0f} MiB in bfloat16, and L: {
 # $T=$ {glue:}`a31_causal_T`). How many FLOPs does the *naive* causal version save by
 # masking?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 n_tiles = T_c // b_c                                 # tiles per side, as in section 3.1.2.2
 print(f"T = {T_c}, b = {b_c}: n = {n_tiles}, (n+1)/(2n) = {(n_tiles + 1) / (2 * n_tiles):.4f}, "
@@ -1085,7 +1085,7 @@ print(f"naive attention, causal and full: the same FLOPs: {naive_causal == naive
 # sizes 64 to 2048, with `ml.bench.time_fn`, and measure its peak memory with
 # `ml.bench.peak_memory`. Tabulate both against the block size and explain the two trends.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 T_bs = ml.pick(smoke=512, cpu=4096, gpu=4096)
 q, k, v = (torch.randn(1, 1, T_bs, 64, device=dev) for _ in range(3))
@@ -1132,7 +1132,7 @@ ml.bench.Table(block_rows, title=f"tiled_attention forward, T = {T_bs}, one head
 # recompute $P$ from $L$, take $\delta = dO \cdot o$, and call no softmax. Check it
 # against autograd through the textbook softmax, in float64.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 5
 def row_backward(q, K, V, o, L, do):
     """dq (d,), dK (n, d), dV (n, dv) of o = softmax(K q / sqrt(d)) V, from the saved o and L."""

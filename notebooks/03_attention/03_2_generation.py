@@ -867,7 +867,7 @@ ml.glue("a32_step_vs_cache", ml.bench.verdict(
 # cache of 2,048 tokens per sequence weigh as much as the weights? And with GQA-8? What
 # does a decoding step read mostly below and above that batch?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 ctx_ex1 = 2048
 for name, kv in (("MHA", H_llm), ("GQA-8", 8)):
@@ -893,7 +893,7 @@ for name, kv in (("MHA", H_llm), ("GQA-8", 8)):
 # each refill? Measure that too: the validation loss of the next character with
 # `keep` characters of context against a full window.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 n_refill = ml.pick(smoke=3 * cfg["block_size"], cpu=300, gpu=600)
 keep_half = cfg["block_size"] // 2
@@ -934,7 +934,7 @@ print(f"val loss of the next character with {keep_half} characters of context: {
 # mean-pooled, uptrained MQA and with chapter 1's MHA model, on the same validation
 # characters and with the spread of each difference. What does each route cost?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 mqa_scratch, mqa_record = ml.baselines.char_gpt(
     variant="mqa", attn=functools.partial(ml.attention.MultiHeadAttention, kv_heads=1))
@@ -986,7 +986,7 @@ ml.bench.Table(rows3, title=f"CharGPT validation loss against chapter 1's MHA ({
 # the tensors' sizes, the bytes of keys and values each version reads and writes. What
 # would the copy do to the bytes of a GQA-8 decoding step of the 7B-class model?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 def gqa_attention(q, k, v):
     """Causal GQA without a copy: q (B, H, T, d), k and v (B, Hkv, T, d) -> (B, H, T, d)."""

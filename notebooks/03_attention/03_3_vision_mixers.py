@@ -915,7 +915,7 @@ plt.show()
 # formulas of section 3.3.1, how many times cheaper are the attention scores and weighted sum
 # with windows than with global attention? And the whole layer including the projections?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 T, C, N = 56 * 56, 96, 7 * 7
 scores_full, scores_window = 4 * T * T * C, 4 * T * N * C        # section 3.3.1's table
@@ -940,7 +940,7 @@ print(f"whole layer with projections: {(projections + scores_full) / (projection
 # What does that say about how much information crosses window borders? Restore the shifts
 # afterwards.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 x_eval, y_eval = ml.data.cifar10(train=False)
 if cfg["n_test"] < len(y_eval):              # the class-balanced subset ml.baselines scores on
@@ -1004,7 +1004,7 @@ print("shifts restored:", [b.attn.shift for b in win.blocks] == trained_shifts)
 # `eps`), and measure whether it does for $\phi = \operatorname{elu} + 1$. Is
 # $\operatorname{elu} + 1$ then injective? Why is it still a poor substitute for softmax?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 g3 = torch.Generator().manual_seed(3)
 q3, k3 = (torch.randn(1, 1, 65, 16, dtype=torch.float64, generator=g3) for _ in range(2))
@@ -1043,7 +1043,7 @@ for c in (0.5, 2.0, 10.0):
 # layer. How does the time move with the window, and where does each window size beat fused
 # softmax attention? Explain with the cost formula $4TNC$.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 window_sides = (4, 8, 16)
 grid_sides = ml.pick(smoke=[16, 32], cpu=[16, 32, 64], gpu=[32, 64, 128])    # multiples of 16
@@ -1090,7 +1090,7 @@ ml.bench.Table(rows4, title=f"One mixer layer, forward, batch 1, width {bench_di
 # a batch, and put the tokens back in raster order. Check it against full attention with the
 # mask `swin_keep(GRID, (w, w), (0, 0))` of section 3.3.1, for $w = 2$ and $w = 4$.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 5
 def window_attention(q, k, v, grid, w):
     B, h, T, d = q.shape

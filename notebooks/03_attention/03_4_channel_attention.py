@@ -754,7 +754,7 @@ ml.glue("a34_fixed_relies", (" and ".join(relies) + " measurably rely") if relie
 # (McNemar's test, `ml.bench.mcnemar`). Is the seed-to-seed difference smaller or larger
 # than the differences between the baseline and SE or ECA?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 seed1, _ = ml.baselines.cifar_cnn(variant="seed1", seed=1)      # notebook 1.2's model: loaded from the cache
 correct_seed1 = predict(seed1)[0] == y_test.cpu()
@@ -802,7 +802,7 @@ ml.bench.Table(seed_rows, title=f"ResNet-9 against its seed-0 baseline, on the s
 # at width 64 (the gpu-scale model). Compare with ECA. Then train this notebook's model
 # with $r = 4$ (variant `"se-r4"`): does a wider bottleneck change SE's accuracy?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 from functools import partial
 
@@ -829,7 +829,7 @@ print("136 w^2/r + 10 w/r + 10 w equals ml.bench.count_params for r = 4, 8, 16, 
 ml.bench.Table(param_rows, title=f"what channel attention adds to ResNet-9 w={w} ({base_params:,} parameters)",
                formats={"formula": "{:,}", "parameters added": "{:,}", "% of ResNet-9": "{:.2g}"})
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2 (training with r = 4 at this notebook's scale)
 se_r4, _ = ml.baselines.cifar_cnn(variant="se-r4", channel_attn=partial(ml.attention.SqueezeExcite, reduction=4))
 correct_se_r4 = predict(se_r4)[0] == y_test.cpu()
@@ -866,7 +866,7 @@ for name, label in (("SE", "SE with r = 16"), ("baseline", "the baseline")):
 # operators and parameters of the plain baseline. Why can a learned, input-dependent gate
 # not be folded?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 def fold_gates(model, constant_gates):
     """A copy of `model` with each constant gate s (C,) folded into the BatchNorm before it."""
@@ -926,7 +926,7 @@ for name in ("SE", "ECA"):
 # `ml.attention.ECA(C, kernel_size=1)`: move the pooled mean of one channel $j$ and see
 # which other channels' gates move.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 torch.manual_seed(0)
 C, j = 2 * width, 4                                             # layer 1's channels; the channel we move

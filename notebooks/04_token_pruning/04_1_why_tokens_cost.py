@@ -328,7 +328,7 @@ ml.glue("t41_ntest", rec2["config"]["n_test"], ",")
 # DeiT-S at 224 px ($C = 384$, $m = 4$, 197 tokens) and of ViT-L at 512 px ($C = 1024$,
 # 1,025 tokens). If ToMe halves the tokens, what fraction of the block FLOPs is left in each?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 for name, N, C in [("DeiT-S @ 224", 197, 384), ("ViT-L @ 512", 1025, 1024)]:
     lin, att = block_flops(N, C, 4)
@@ -354,7 +354,7 @@ for name, N, C in [("DeiT-S @ 224", 197, 384), ("ViT-L @ 512", 1025, 1024)]:
 # set those per-element costs to 0, and report what fraction of the total the elementwise
 # work is at $N = 65$ and $N = 257$.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 def block_flops_all(N, C=DIM, m=MLP_RATIO, heads=HEADS, ln=8, soft=5, scale=1, gelu=8, resid=1):
     """(total, elementwise) FLOPs of one block: matrix products plus per-element work."""
@@ -387,7 +387,7 @@ for N in (65, 257):
 # halving the tokens give at least 80% of the FLOP ratio? What does that mean for pruning
 # a model that serves one image at a time?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 ex_rows = []
 with torch.inference_mode():

@@ -507,7 +507,7 @@ ml.glue("t42_pd_lambda", ft_points["PyramidDrop"])
 # place of the attention scores (hint: pass random scores to `ml.tokens.topk_by_attention`).
 # Compare its off-the-shelf accuracy at keep rate 0.5 with attention top-k.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 def random_keep(x, keep, generator):
     scores = torch.rand(x.shape[0], x.shape[1] - 1, generator=generator).to(x.device)
@@ -546,7 +546,7 @@ print(f"keep 50% at random: {100 * acc_rand:.1f}%, by attention: {by[('top-k', 0
 # `metric=None` (the tokens) and with the keys, for $r = 32$, and count how many merged pairs
 # the two choices share. Why do the keys make sense for what happens next in the block?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 def merged_sets(x, r, metric):
     _, size = T.bipartite_merge(x, r, metric=metric)
@@ -573,7 +573,7 @@ print(f"destination tokens that grew under both metrics: {100 * shared:.0f}%")
 # Measure the off-the-shelf accuracy of the ToMe schedule at its largest $r$ with and without
 # proportional attention. Which one do you expect to matter more as $r$ grows, and why?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 r_max = operating_points["ToMe"][-1]
 tome = T.chapter_schedule("ToMe", r_max, N, depth)

@@ -497,7 +497,7 @@ ml.glue("t43_grid_tokens", len(T.uniform_grid((side, side), T.FEATHER_STRIDE)))
 # `ml.bench.compare` at batch sizes 1, 8, 32 and {glue:}`t43_B`. From which batch size is the
 # speed-up within 10% of the FLOP ratio? Relate the answer to notebook 4.1.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 best_model = models[best["model"]][0]
 ratio = flops["ViT patch 2"] / flops[best["model"]]
@@ -526,7 +526,7 @@ ml.bench.Table(ex, title=f"{best['model']} against the unpruned ViT", formats={"
 # the test images and report the mean and the spread of $k$ for `tau = 0.9`. Then explain
 # why a batch of images with different $k$ is awkward to run, and one way around it.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 def keep_by_mass(cls_attn, tau):
     s = cls_attn.sort(dim=1, descending=True).values

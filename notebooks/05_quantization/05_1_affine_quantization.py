@@ -599,7 +599,7 @@ ml.glue("e4m3_int8_t_winner", "E4M3" if sq["fp8 E4M3, per tensor"]["Student-t, 3
 # Redo the clipping analysis of section 5.1.4 at 8 bits. Where is the MSE-optimal $c$ now,
 # and how much does it gain over min/max, on the Gaussian and on the Student-t data? Why?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 for name, v in dists.items():
     out = []
@@ -626,7 +626,7 @@ for name, v in dists.items():
 # does it gain over the symmetric one, compared with one more bit? What does the
 # asymmetric grid cost in a matrix multiplication $\sum_k (q_{jk} - z_j)\,x_k$?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 for b in (4, 3):
     sym, asym = mean_sqnr(gpt_weights, b, axis=0), mean_sqnr(gpt_weights, b, symmetric=False, axis=0)
@@ -652,7 +652,7 @@ for b in (4, 3):
 # (per tensor, min/max scaling) on the Student-t data. Try two designs: levels at equally
 # spaced quantiles of the data, and the levels that minimize the mean squared error.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 def round_to_levels(v, levels):
     """Each value of v rounded to the nearest of the (sorted) levels."""
@@ -715,7 +715,7 @@ for label, value in db.items():
 # group of $g$ consecutive weights of each row, using only `reshape`, `amax`, `round` and
 # `clamp`. Check it bit for bit against `ml.quant.fake_quant(w, bits, group_size=g)`.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 def fake_quant_groups(w, bits, g):
     q_max = 2 ** (bits - 1) - 1
@@ -747,7 +747,7 @@ print(f"fake_quant_groups equals ml.quant.fake_quant(group_size=g) bit for bit: 
 # $2^{-6}\cdot m/8$; the pattern with all exponent and mantissa bits set is NaN, and
 # there are no infinities). Check it against `torch.float8_e4m3fn` on all 256 patterns.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 5
 def e4m3_decode(bits):
     sign = -1.0 if bits >> 7 else 1.0

@@ -756,7 +756,7 @@ ml.bench.Table(summary, title=f"quality at each bit width ({ml.scale()} scale, {
 # Calibrate CharGPT at W8A4 with the "percentile" rule at 99.9, 99.99 and 99.999, and with
 # "mse". Which rule is best, and is its lead over the others measurable?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 base = results[("CharGPT", "W8A4 minmax")]
 rules = {}
@@ -790,7 +790,7 @@ print(f"best: {best}; against the runner-up ({second}): {change:+.3f} ± {se:.3f
 # Sweep SmoothQuant's $\alpha \in \{0, 0.25, 0.5, 0.75, 1\}$ for CharGPT at W8A4. Which
 # $\alpha$ is best here, and what limits $\alpha$ in a large LLM?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 base = results[("CharGPT", "W8A4 minmax")]
 for alpha in ml.trim([0.0, 0.25, 0.5, 0.75, 1.0]):
@@ -825,7 +825,7 @@ for alpha in ml.trim([0.0, 0.25, 0.5, 0.75, 1.0]):
 # and with calibration text drawn from the *validation* split. Compare both with the
 # model of section 5.2.5. What do you conclude?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 ref = results[("CharGPT", "GPTQ W3 per channel")]
 val_calib = ml.trim(list(ml.data.TokenBatches(corpus.val_ids, T, windows, steps=len(text_calib), device=dev,
@@ -864,7 +864,7 @@ for label, batches in [(batches_of(1, "training"), text_calib[:1]),
 # (float64) that it gives the codes of `ml.quant.gptq_quantize`, and that both beat
 # round-to-nearest on the output error $\operatorname{tr}(\Delta H \Delta^\top)$.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 def gptq_naive(W, H, bits, damp=0.01):
     W, q_max = W.clone(), 2 ** (bits - 1) - 1
@@ -912,7 +912,7 @@ print(f"codes equal to ml.quant.gptq_quantize: {same:.2%}; output error: naive {
 # $E_r = (EL)_r L^{-1}$. Compare it with `ml.quant.lorc` on one of CharGPT's 3-bit
 # layers, for the output error and the weight error.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 5
 layer_name = next(n for n, m in gpt.named_modules() if n.endswith("mlp.fc"))
 H_l = ml.quant.input_stats(gpt, text_calib, names=[layer_name], hessian=True)[layer_name]["hessian"].double()

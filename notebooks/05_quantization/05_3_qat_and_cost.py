@@ -710,7 +710,7 @@ ml.glue("w2a4_qat_on_front", "on" if "W2A4 QAT" in on_front else "not on")
 # with 4x more steps at the original learning rate. Which helps more? What can go wrong
 # with large steps in QAT?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 ok_base = qat_ok["W2A4"]
 for lr, steps in [(1e-3, qat_steps), (1e-4, 4 * qat_steps)]:
@@ -745,7 +745,7 @@ for lr, steps in [(1e-3, qat_steps), (1e-4, 4 * qat_steps)]:
 # check your gradients against PyTorch's
 # `torch._fake_quantize_learnable_per_tensor_affine`.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 class LSQFakeQuant(torch.autograd.Function):
     @staticmethod
@@ -793,7 +793,7 @@ print(f"dL/dx equal: {torch.equal(a.grad, b.grad)}; dL/ds: ours {s_a.grad.item()
 # machine (laptop, Colab GPU) with `ml.bench.compare`. Which is faster? Which of the
 # instructions named in section 5.3.5 does your CPU have?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 n3 = ml.trim(1024, keep=256)
 a32, b32 = torch.randn(n3, n3, device=dev), torch.randn(n3, n3, device=dev)
@@ -823,7 +823,7 @@ print(f"CPU vector extensions: {hw['cpu features']}")
 # `x[:, cols] @ W[:, cols].T`. Check that it equals `layer(x)` to float rounding, and
 # compare its peak memory with `layer(x)`.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 def blocked_w4_matmul(x, layer, block):
     codes, g = layer.codes(), layer.group_size                      # (out, in) int8, one scale per g inputs

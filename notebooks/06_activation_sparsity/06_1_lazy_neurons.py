@@ -491,7 +491,7 @@ ml.glue("s61_width_trend", "sparser" if wide_vs > 0.01 else ("less sparse" if wi
 # CharGPT on windows of uniformly random characters and of the ReLU ViT on Gaussian-noise
 # images, and compare with the table of section 6.1.3.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 noise_gpt = [torch.randint(0, corpus.vocab_size, x.shape, device=dev) for x, _ in val[:4]]
 noise_vit = [torch.randn(64, 3, 32, 32, device=dev) for _ in range(4)]

@@ -427,7 +427,7 @@ ml.glue("s62_n_targets", len(chan_better))
 # ReLUfied GELU model with four times the $\lambda_{\max}$ used above and compare its sparsity
 # and its gap to the control with the run of section 6.2.1. Where would you stop?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 strong, _ = ml.sparsity.finetune("relufied-l1x4", relufied(), ft_steps, l1=4 * l1_max, log_every=ft_every)
 p4 = measure(strong, f"ReLUfied + progressive L1 x4 (lambda_max = {4 * l1_max:g})", steps=ft_steps)
@@ -456,7 +456,7 @@ ml.bench.Table([l1run, p4], title="Solution 1: the L1 penalty, x1 and x4",
 # equals `ml.sparsity.Thresholded(nn.ReLU(), t)`, and apply it to the ReLUfied model with
 # `t = 0.05`. How much sparsity does it add, at what cost?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 class FATReLU(nn.Module):
     def __init__(self, t):

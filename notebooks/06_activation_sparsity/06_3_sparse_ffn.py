@@ -671,7 +671,7 @@ ml.glue("s63_two4_gelu_gap", two4_rows[0]["gap, fine-tuned"], "+.3f")
 # rows of $W_2^\top$), check it against the dense FFN for 8 tokens, and time both kernels
 # against dense at batch 1 and batch 8.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 def sparse_ffn_bags(ffn, x):
     a = ffn.act(ffn.fc(x)).flatten(0, -2)                          # (N, H)
@@ -711,7 +711,7 @@ ml.bench.Table(sol1, title="Solution 1: per-token bags vs the union, against den
 # 64 tokens (rows of `inputs`), and record the fraction of neurons in the union. Relate
 # the result to the union curve of notebook 6.1.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 name0 = next(iter(inputs))
 f = dense_ffns[name0]

@@ -577,7 +577,7 @@ ml.glue("d71_n_large", ns[-1])
 # timesteps in ten bins of 100, and plot it against $t$. Where is the noise easy to
 # predict, where hard, and why?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 xe, ye = x_test[:ml.pick(smoke=64, cpu=512, gpu=1024)].to(dev), y_test[:ml.pick(smoke=64, cpu=512, gpu=1024)].to(dev)
 per_bin = []

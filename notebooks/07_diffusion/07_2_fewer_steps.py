@@ -412,7 +412,7 @@ plt.show()
 # the same starting noise as `ml.diffusion.generate`, and compare with the unclipped rows.
 # Why can the clipped update not blow up?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 def ddim_step_clipped(model, x, t, t_prev, alphas_cumprod):
     a = float(alphas_cumprod[t])
@@ -521,7 +521,7 @@ ml.bench.Table(clipped, title="Solution 1: DDIM with and without clipping the gu
 # image. What does a user waiting for *one* image with 10 Euler steps wait, and why is it
 # more than 10 times the table's per-NFE cost?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 lat = []
 for bs in ml.trim([1, 16, 256]):

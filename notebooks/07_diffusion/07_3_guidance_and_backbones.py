@@ -332,7 +332,7 @@ ml.glue("d73_floor_sd", floor_sd, ".3g")
 # `ml.diffusion.Guided` and time both on a batch of 64 with `ml.bench.compare`. When is the
 # batched version faster, and when could it not be?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 def guided_two_calls(model, y, w):
     none = torch.full_like(y, model.num_classes)

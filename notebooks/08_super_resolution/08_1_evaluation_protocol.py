@@ -563,7 +563,7 @@ ml.glue("y_range_db", 20 * math.log10(255 / 219), ".2f")
 # antialias=True)` for the downscale *and* `F.interpolate(mode="bicubic")` for the upscale.
 # Which of the two changes matters more?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 both = protocol_psnr(images, 3, down=torch_down, up=torch_up)
 print(f"both resizes from PyTorch: {both:.3f} dB, {both - reference:+.3f} dB against the rgb-first protocol")
@@ -583,7 +583,7 @@ print(f"both resizes from PyTorch: {both:.3f} dB, {both - reference:+.3f} dB aga
 # rounded to integers), check it against `ml.sr.hr_y`, then write the PSNR of one bicubic
 # output by hand (`torch.log10`, the shave) and check it against `ml.sr.psnr`.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 img = sets["Set5"][2]                                            # butterfly, uint8 (3, H, W)
 R, G, B = img.double()                                           # 0..255
@@ -637,7 +637,7 @@ print(f"PSNR by hand {by_hand:.4f} dB, equal to ml.sr.psnr within 1e-9 dB: True"
 # ("valid": no padding), check it against `ml.sr.ssim` on a bicubic output, and compare
 # their speed with `ml.bench.compare`.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 def ssim_conv(a, b, shave):
     """SSIM of two Y images (1, 1, H, W) in [0, 1], valid 11x11 Gaussian window (sigma 1.5)."""
@@ -667,7 +667,7 @@ print(f"|conv SSIM - ml.sr.ssim| < 1e-10: True; FLOPs counted: band matrices {ml
       f"convolutions {ml.bench.fmt_flops(conv_flops)}")
 print(f"speed of the convolutions against the band matrices (float64, CPU): {speed} -> {speed.verdict}")
 
-# %% tags=["solution", "remove-cell", "hide-input"]
+# %% tags=["solution", "remove-cell"]
 # Solution 4: the numbers its text quotes
 ml.glue("ex4_flop_ratio", band_flops / max(conv_flops, 1), ".0f")
 why = {"slower": "the band matrices run in a float64 BLAS matmul, a float64 convolution on a CPU in a "
@@ -695,7 +695,7 @@ ml.glue("ex4_speed", f"{speed.speedup:.2f}x (IQR {speed.lo:.2f}-{speed.hi:.2f}x:
 # section 8.1.3, and taps beyond the border *clamped* to the edge pixel (PyTorch's rule,
 # instead of MATLAB's mirror). Check $W_H X W_W^\top$ against `F.interpolate` on an image.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 5
 def torch_bicubic_weights(n, s, a=-0.75):
     """(n s, n) weights of F.interpolate(mode='bicubic', align_corners=False), upscale by s."""

@@ -543,7 +543,7 @@ ml.glue("paper_gap_max", max(gaps), ".2f")
 # Write `pixel_unshuffle` (the inverse of `pixel_shuffle`, `F.pixel_unshuffle`) and check
 # that it undoes `ml.sr.pixel_shuffle` and equals `F.pixel_unshuffle`.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 def pixel_unshuffle(y, r):
     *lead, c, H, W = y.shape
@@ -573,7 +573,7 @@ print("pixel_unshuffle inverts pixel_shuffle and equals F.pixel_unshuffle:", Tru
 # image by image. Which gives the higher PSNR after the same steps, and is the difference
 # outside its spread?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 ml.seed_all(config["seed"])
 mse_model = ml.sr.build_model("espcn", s).to(dev)
@@ -590,7 +590,7 @@ mse_verdict = ml.bench.quality_verdict(l1_minus_mse, l1_minus_mse_se, better="L1
 print(f"ESPCN x{s} on {big}: L1 {metrics['espcn'][big]['psnr']:.2f} dB, MSE {mse_eval['psnr']:.2f} dB; "
       f"L1 - MSE per image {l1_minus_mse:+.3f} ± {l1_minus_mse_se:.3f} dB: {mse_verdict}")
 
-# %% tags=["solution", "remove-cell", "hide-input"]
+# %% tags=["solution", "remove-cell"]
 # Solution 2: the numbers its text quotes
 ml.glue("ex2_diff", f"{l1_minus_mse:+.3f} ± {l1_minus_mse_se:.3f} dB")
 ml.glue("ex2_verdict", mse_verdict)
@@ -613,7 +613,7 @@ ml.glue("ex2_verdict", mse_verdict)
 # the convolution's weights from the transposed convolution's and check that the outputs
 # are equal.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 torch.manual_seed(0)
 up = nn.ConvTranspose2d(56, 1, 9, stride=3, padding=3, bias=False).double()
@@ -663,7 +663,7 @@ print("9x9 stride-3 transposed conv == 3x3 conv to 9 channels + pixel shuffle, m
 # The SRCNN paper reports that 9-5-5 (a $5\times5$ middle layer) beats 9-1-5. How many
 # times more FLOPs per pixel does it cost? Count them by hand and with `ml.bench.count_flops`.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 5
 x = torch.rand(1, 1, 32, 32)
 f915 = ml.bench.count_flops(ml.sr.SRCNN(f2=1), x)

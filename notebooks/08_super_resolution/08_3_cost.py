@@ -579,7 +579,7 @@ ml.glue("windowsr_params", f"{ml.bench.count_params(ml.sr.build_model('windowsr'
 # Predict ESPCN's time for a frame with twice the height and width (4K for 1080p) at x3
 # from its 1080p time, then measure it. Is the prediction right, and why (or why not)?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 1
 espcn_net = nets["espcn"]
 lr_4k = torch.rand(1, 1, 2 * height // s, 2 * width // s, device=dev)
@@ -587,7 +587,7 @@ size_ab = ml.bench.compare(runner(espcn_net, lr_4k), runner(espcn_net, lr_frame)
 flops_4k = ml.bench.count_flops(espcn_net, lr_4k) / ml.bench.count_flops(espcn_net, lr_frame)
 print(f"ESPCN x{s} on {dev.type}: 4x the pixels, {flops_4k:.2f}x the FLOPs, time ratio {size_ab}")
 
-# %% tags=["solution", "remove-cell", "hide-input"]
+# %% tags=["solution", "remove-cell"]
 # Solution 1: the numbers its text quotes
 ml.glue("ex1_ratio", f"{size_ab.speedup:.2f}x (IQR {size_ab.lo:.2f}-{size_ab.hi:.2f}x)")
 ml.glue("ex1_flops", flops_4k, ".2f")
@@ -613,7 +613,7 @@ ml.glue("ex1_reading", ml.bench.verdict(
 # a pixel shuffle (ESPCN's upsampler), check the output shape, and compare its speed with
 # FSRCNN's on a frame with `ml.bench.compare`. How many FLOPs does it add or save?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 2
 class FSRCNNShuffle(nn.Module):
     def __init__(self, s):
@@ -632,7 +632,7 @@ tail_flops = ml.bench.count_flops(shuffle.tail, features)
 print(f"upsampler FLOPs: transposed conv {ml.bench.fmt_flops(flops['deconv'])}, 3x3 conv {ml.bench.fmt_flops(tail_flops)}")
 print(f"speed-up of the sub-pixel FSRCNN on {dev.type}: {shuffle_ab} -> {shuffle_ab.verdict}")
 
-# %% tags=["solution", "remove-cell", "hide-input"]
+# %% tags=["solution", "remove-cell"]
 # Solution 2: the numbers its text quotes
 ml.glue("ex2_speed", f"{shuffle_ab.speedup:.2f}x (IQR {shuffle_ab.lo:.2f}-{shuffle_ab.hi:.2f}x: {shuffle_ab.verdict})")
 ml.glue("ex2_flops", tail_flops / flops["deconv"], ".2f")
@@ -653,7 +653,7 @@ ml.glue("ex2_flops", tail_flops / flops["deconv"], ".2f")
 # each tile, which a real system cannot know. How much closer to the full-network PSNR does
 # routing half the tiles get? What does that say about the value of a better classifier?
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 3
 def routed_sse(score_of, fraction=0.5):
     """Squared error over all kept images when the `fraction` highest-scoring HR tiles get WindowSR."""
@@ -677,7 +677,7 @@ print(f"half the tiles to WindowSR: variance score {route[3]['psnr']:.2f} dB, or
       f"{oracle_psnr['bicubic error']:.2f} dB, oracle network gain {oracle_psnr['network gain']:.2f} dB; "
       f"all tiles {route[-1]['psnr']:.2f} dB, none {route[0]['psnr']:.2f} dB")
 
-# %% tags=["solution", "remove-cell", "hide-input"]
+# %% tags=["solution", "remove-cell"]
 # Solution 3: the numbers its text quotes
 def share(psnr):
     """The fraction of the full network's gain over bicubic that a route keeps, as text."""
@@ -710,7 +710,7 @@ ml.glue("ex3_var_share", share(route[3]["psnr"]))
 # that gathers the 4 taps of each output pixel from `ml.sr.resize_weights`, check it
 # against `ml.sr.imresize`, and compare their speed on an LR frame.
 
-# %% tags=["solution", "hide-input"]
+# %% tags=["solution", "hide-cell"]
 # Solution 4
 def taps_of(n, s):
     """The 4 (index, weight) taps per output pixel of a MATLAB bicubic upscale by s: (n s, 4) each."""
@@ -734,7 +734,7 @@ band_ab = ml.bench.compare(lambda: ml.sr.imresize(lr_frame, s), lambda: imresize
 print(f"banded == dense imresize, max error < 1e-5: True; speed-up of the banded one on {dev.type}: "
       f"{band_ab} -> {band_ab.verdict}")
 
-# %% tags=["solution", "remove-cell", "hide-input"]
+# %% tags=["solution", "remove-cell"]
 # Solution 4: the numbers its text quotes
 ml.glue("ex4_speed", f"{band_ab.speedup:.2f}x (IQR {band_ab.lo:.2f}-{band_ab.hi:.2f}x: {band_ab.verdict})")
 ml.glue("ex4_why", {"slower": "a gather with a broadcast multiply moves far more memory per FLOP than a BLAS "
