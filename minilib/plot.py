@@ -131,6 +131,8 @@ def learning_curves(
     x: str = "epoch",
     ax: Axes | None = None,
     title: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
 ) -> Figure:
     """Plot metric ``y`` against ``x`` for several training runs, one colour per run.
 
@@ -141,6 +143,8 @@ def learning_curves(
             also accepted.
         y: one metric, or several (``("train_loss", "val_loss")``): solid, dashed, dotted.
         x: the x column; runs without it are plotted against 1, 2, 3, ...
+        xlabel, ylabel: axis labels with units (``"test accuracy (fraction)"``); by default
+            the column names.
 
     Entries whose ``y`` is ``None`` or NaN (a metric not measured that epoch) are skipped.
     """
@@ -170,8 +174,8 @@ def learning_curves(
                     marker="o" if len(pairs) <= 30 else None, markersize=3,
                     label=label or None,
                 )
-        ax.set_xlabel(x)
-        ax.set_ylabel(" / ".join(metrics))
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ylabel or " / ".join(metrics))
         if title:
             ax.set_title(title)
         if any(line.get_label() and not line.get_label().startswith("_") for line in ax.lines):

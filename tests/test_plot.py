@@ -73,6 +73,8 @@ def test_learning_curves_histories_and_dicts():
     assert list(ax.lines[1].get_ydata()) == [0.4, 0.6]  # NaN skipped
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cnn", "vit"]
     assert ax.get_title() == "t" and ax.get_xlabel() == "epoch"
+    labelled = plot.learning_curves(runs, xlabel="epoch (of 3)", ylabel="test accuracy (fraction)").axes[0]
+    assert (labelled.get_xlabel(), labelled.get_ylabel()) == ("epoch (of 3)", "test accuracy (fraction)")
 
 
 def test_learning_curves_several_metrics_solid_and_dashed():

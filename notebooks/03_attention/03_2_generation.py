@@ -602,7 +602,8 @@ for kv, (model, record) in uptrained.items():
         "fraction of pre-training steps": [0.0] + [s / cfg["steps"] for s in hist.column("step")],
         "val_loss": [converted[kv]] + hist.column("val_loss")}
 ml.plot.learning_curves(histories, y="val_loss", x="fraction of pre-training steps",
-                        title="Uptraining after mean-pooling the key/value heads")
+                        title="Uptraining after mean-pooling the key/value heads",
+                        ylabel="validation loss (nats per character)")
 plt.show()
 
 # %%

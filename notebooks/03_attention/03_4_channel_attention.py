@@ -382,7 +382,8 @@ models["baseline"], records["baseline"] = ml.baselines.cifar_cnn()
 models["SE"], records["SE"] = ml.baselines.cifar_cnn(variant="se", channel_attn=ml.attention.SqueezeExcite)
 models["ECA"], records["ECA"] = ml.baselines.cifar_cnn(variant="eca", channel_attn=ml.attention.ECA)
 histories = {name: ml.train.History.from_dict(r["history"]) for name, r in records.items()}
-ml.plot.learning_curves(histories, y="val_accuracy", title="ResNet-9 on CIFAR-10: test accuracy per epoch")
+ml.plot.learning_curves(histories, y="val_accuracy", title="ResNet-9 on CIFAR-10: test accuracy per epoch",
+                        ylabel="test accuracy (fraction)")
 plt.show()
 
 # %% [markdown]
