@@ -711,7 +711,7 @@ for bs in batches:
                                        f"{ml.bench.fmt_bytes(sum(c.nbytes for c in model.make_caches(bs)))}",
             "MHA (tokens/s)": bs * n_dec / cmp.baseline.median,
             "variant (tokens/s)": bs * n_dec / cmp.candidate.median,
-            "speed-up over MHA (IQR)": cmp, "verdict": cmp.verdict})
+            "speed-up over MHA (IQR)": cmp})
 ml.bench.Table(dec_rows, title=f"Cached generation of {n_dec} tokens, trained CharGPTs, {dev.type}; "
                                f"each variant against MHA in {dec_repeat} interleaved rounds",
                formats={"MHA (tokens/s)": "{:,.0f}", "variant (tokens/s)": "{:,.0f}"})
@@ -794,7 +794,7 @@ for bs in step_batches:
                           "KV cache: MHA → variant": f"{ml.bench.fmt_bytes(step_mha_cache[bs])} → "
                                                      f"{ml.bench.fmt_bytes(kv_bytes)}",
                           "MHA step": cmp.baseline, "variant step": cmp.candidate,
-                          "speed-up over MHA (IQR)": cmp, "verdict": cmp.verdict})
+                          "speed-up over MHA (IQR)": cmp})
         del step
     del mha_step
 ml.bench.Table(step_rows, title=f"One decoding step with a full {ctx_big}-token cache, {dev.type} (MHA weights: "
