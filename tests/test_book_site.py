@@ -237,3 +237,20 @@ def test_html_listing_output_becomes_a_code_block_for_latex():
     assert isinstance(code, nodes.literal_block) and code["language"] == "python"
     assert code.astext() == "def pick(a):\n    return a < 1"
     assert ext.html_output_to_nodes("<p>just text</p>") == []
+
+
+def test_solution_outputs_stay_on_paper():
+    """The PDF has no toggles: a hide-cell solution keeps its output (only its code is hidden)."""
+    from docutils import nodes
+    from docutils.frontend import get_default_settings
+    from docutils.parsers.rst import Parser
+    from docutils.utils import new_document
+
+    ext = _load_ext()
+    doc = new_document("test", get_default_settings(Parser))
+    solution = nodes.container(classes=["cell", "tag_solution", "tag_hide-cell"])
+    other = nodes.container(classes=["cell", "tag_hide-cell"])
+    doc += [solution, other]
+    ext.SolutionOutputsOnPaper(doc).run()
+    assert solution["classes"] == ["cell", "tag_solution", "tag_hide-input"]
+    assert other["classes"] == ["cell", "tag_hide-cell"]  # only solutions are unfolded

@@ -212,6 +212,25 @@ class HtmlOutputsForLatex(SphinxPostTransform):
                 bundle += nodes.container("", *converted, mime_type="text/markdown")
 
 
+class SolutionOutputsOnPaper(SphinxPostTransform):
+    """On paper there is no toggle: a solution's code stays hidden, its printed answer shows.
+
+    Solution code cells are tagged ``hide-cell`` (code and output folded in the HTML);
+    sphinx-jupyterbook-latex drops such cells from the PDF entirely, which would leave the
+    solution's text pointing at a printout that is not there. Before that transform runs
+    (priority 400), they are treated as ``hide-input`` for LaTeX.
+    """
+
+    default_priority = 390
+    builders = ("latex",)
+
+    def run(self, **kwargs) -> None:
+        for node in self.document.findall(nodes.container):
+            classes = node.get("classes", [])
+            if "tag_solution" in classes and "tag_hide-cell" in classes:
+                node["classes"] = [("tag_hide-input" if c == "tag_hide-cell" else c) for c in classes]
+
+
 # --------------------------------------------------------------------------------------
 # 2. Author-year labels, the same in the text and in the list
 # --------------------------------------------------------------------------------------
@@ -338,6 +357,7 @@ def setup(app):
     app.connect("build-finished", _copy_mathjax)
     app.add_css_file("edl_book.css")
     app.add_post_transform(HtmlOutputsForLatex)
+    app.add_post_transform(SolutionOutputsOnPaper)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
 
 
