@@ -958,9 +958,14 @@ ml.glue("a31_cpu_fused_mem_ratio", ratio("fwd+bwd memory"), ".0f")
 # | {cite}`milakov2018online` | the softmax normalizer can be computed online, in one pass, exactly (and the paper measures softmax up to 1.3x faster from fewer memory accesses) | exact: max error {glue:}`a31_online_err` for one query row and {glue:}`a31_tiled_worst` for tiled attention, in float64; speed of a fused softmax not measured | CPU, float64 |
 # | {cite}`dao2022flashattention` | exact attention with memory linear in sequence length | memory grows as $T^p$ with $p =$ {glue:}`a31_slope_fwd_tiled` (forward) and {glue:}`a31_slope_fb_tiled` (training) for tiled, {glue:}`a31_slope_fb_naive` for naive (slope of the growth, section 3.1.2.3) | CPU, one head, $d=64$, $T\le$ {glue:}`a31_Tmax` |
 # | {cite}`dao2022flashattention` | faster than standard attention on GPU (e.g. 3x end-to-end training speedup on GPT-2 at 1K tokens), because HBM traffic drops | **not measurable here**: no GPU. On CPU our unfused tiled loop takes {glue:}`a31_tiled_fb_ratio_min` to {glue:}`a31_tiled_fb_ratio_max` times the naive training time; PyTorch's fused CPU kernel {glue:}`a31_sdpa_time_ratio_fb` times at $T=$ {glue:}`a31_Tmax` | CPU; the GPU cell of section 3.1.2.4 measures it on a GPU |
-# | {cite}`dao2024flashattention2` | about 2x faster than FlashAttention-1 from better parallelism (query blocks in the outer loop) and fewer non-matmul FLOPs | not measurable here: the loop order is FA-2's, its speed needs the CUDA kernel | |
 # | {cite}`rabe2021selfattention` | $O(\sqrt n)$ memory in practice ($O(1)$ per query); at $n=16384$ the attention memory overhead drops 59x for inference and 32x for differentiation | {glue:}`a31_save_fwd`x (inference) and {glue:}`a31_save_fb`x (training) less memory than naive, at $T=$ {glue:}`a31_Tmax` | ours is $O(T)$ (we store the output), at half or less their $n$ |
 # | {cite}`dao2024flashattention2` | with a causal mask, skipping the tiles above the diagonal makes attention about 1.7-1.8x faster than without the mask | causal / full FLOPs {glue:}`a31_causal_fraction` at $T=$ {glue:}`a31_causal_T` (tiles of 64): the work is about halved; time not measured | FLOP counter; the speedup needs the CUDA kernel |
+#
+# **Further reading** (claims this notebook does not measure): FlashAttention-2
+# {cite}`dao2024flashattention2` reports about 2x the speed of FlashAttention-1 on GPUs,
+# from better parallelism (query blocks in the outer loop, as in our `tiled_attention`)
+# and fewer non-matmul FLOPs; that speed lives in the CUDA kernel, which a Python loop on
+# a CPU cannot show.
 
 # %% [markdown]
 # ## Exercises
