@@ -9,6 +9,7 @@ no machine's absolute paths.
 
 from __future__ import annotations
 
+import ast
 import html
 import json
 import re
@@ -178,6 +179,40 @@ def test_stored_tables_keep_columns_apart(nb: Path):
             html = "".join(html) if isinstance(html, list) else html
             if "<table" in html:
                 assert "padding" in html, f"{nb.name} cell {i}: a stored table has no cell padding (use ml.bench.Table)"
+
+
+def _names(src: str) -> tuple[set[str], set[str]]:
+    """(names a cell binds, names it reads) at any depth; empty for cells that are not Python."""
+    try:
+        tree = ast.parse(src)
+    except SyntaxError:
+        return set(), set()
+    bound, read = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return bound, read
+
+
+@pytest.mark.parametrize("nb", CURRENT, **ids)
+def test_the_student_edition_still_runs(nb: Path):
+    """No cell outside the solutions reads a name that only a solution defines: the student
+    edition drops the solutions, and such a cell would fail there with a NameError."""
+    code = [c for c in _cells(nb) if c["cell_type"] == "code"]
+    outside = set().union(*(_names(_src(c))[0] for c in code if "solution" not in _tags(c)))
+    only_in_solutions = set().union(*(_names(_src(c))[0] for c in code if "solution" in _tags(c))) - outside
+    for i, cell in enumerate(_cells(nb)):
+        if cell["cell_type"] != "code" or "solution" in _tags(cell):
+            continue
+        used = _names(_src(cell))[1] & only_in_solutions
+        assert not used, (f"{nb.name} cell {i} reads {sorted(used)}, defined only in solution cells: "
+                          f"the student edition (no solutions) would fail there; define them outside")
 
 
 def test_student_edition_drops_every_solution(tmp_path: Path):
