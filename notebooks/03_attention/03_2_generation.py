@@ -691,7 +691,7 @@ ml.glue("a32_gqa_five", q_by[gqa_name][five_key], ".3f")
 
 # %%
 n_dec = lengths[-1]
-dec_repeat = ml.pick(smoke=2, cpu=6, gpu=10)
+dec_repeat = ml.pick(smoke=2, cpu=20, gpu=20)   # ratios near 1 need many rounds
 mha_model = uptrained[H_gpt][0]
 dec_rows, dec_cmp, cache_bytes = [], {}, {}
 for bs in batches:
