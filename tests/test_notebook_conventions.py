@@ -58,11 +58,14 @@ def _text(output: dict) -> str:
     return "".join(t) if isinstance(t, list) else t
 
 
+def _html(output: dict) -> str:
+    h = output.get("data", {}).get("text/html", "")
+    return "".join(h) if isinstance(h, list) else h
+
+
 def _html_text(output: dict) -> str:
     """The visible text of an output's HTML (a Table's cells), tags dropped and entities decoded."""
-    h = output.get("data", {}).get("text/html", "")
-    h = "".join(h) if isinstance(h, list) else h
-    return html.unescape(re.sub(r"<[^>]+>", " ", h))
+    return html.unescape(re.sub(r"<[^>]+>", " ", _html(output)))
 
 
 ids = dict(ids=lambda p: p.stem)
@@ -175,10 +178,9 @@ def test_stored_tables_keep_columns_apart(nb: Path):
     """An HTML table without cell padding fuses adjacent columns ("1 | 61 ms" reads "161 ms")."""
     for i, cell in enumerate(_cells(nb)):
         for out in cell.get("outputs", []):
-            html = out.get("data", {}).get("text/html", "")
-            html = "".join(html) if isinstance(html, list) else html
-            if "<table" in html:
-                assert "padding" in html, f"{nb.name} cell {i}: a stored table has no cell padding (use ml.bench.Table)"
+            table = _html(out)
+            if "<table" in table:
+                assert "padding" in table, f"{nb.name} cell {i}: a stored table has no cell padding (use ml.bench.Table)"
 
 
 def _names(src: str) -> tuple[set[str], set[str]]:

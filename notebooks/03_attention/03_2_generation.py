@@ -333,8 +333,7 @@ for key, bs in (("b1", batches[0]), ("bbig", batches[-1])):
     cmp = last[bs]["speed-up (IQR)"]
     ml.glue(f"a32_speedup_{key}", cmp.speedup, ".1f")
     ml.glue(f"a32_speedup_{key}_iqr", f"{cmp.lo:.1f}-{cmp.hi:.1f}x")
-    ml.glue(f"a32_speedup_{key}_words", cmp.words(faster="faster", slower="slower",
-                                                  same="no faster or slower, within the noise"))
+    ml.glue(f"a32_speedup_{key}_words", cmp.words(same="no faster or slower, within the noise"))
 ml.glue("a32_bbig", batches[-1])
 ml.glue("a32_nmax", lengths[-1])
 ml.glue("a32_tps_b1_cache", last[batches[0]]["cache tok/s"], ",.0f")
@@ -383,8 +382,7 @@ ml.glue("a32_long_n", long_lengths[-1])
 long_cmp = long_rows[-1]["speed-up (IQR)"]
 ml.glue("a32_long_speedup", long_cmp.speedup, ".1f")
 ml.glue("a32_long_speedup_iqr", f"{long_cmp.lo:.1f}-{long_cmp.hi:.1f}x")
-ml.glue("a32_long_speedup_words", long_cmp.words(faster="faster", slower="slower",
-                                                 same="no faster or slower, within the noise"))
+ml.glue("a32_long_speedup_words", long_cmp.words(same="no faster or slower, within the noise"))
 # does the gap widen with the length? the speed-up at the longest length against the shortest
 first_cmp = long_rows[0]["speed-up (IQR)"]
 ml.glue("a32_long_widens", "widens" if long_cmp.lo > first_cmp.hi else

@@ -974,13 +974,11 @@ last_only_gap = (forward(win) - logits_no_shift).abs().max().item()
 for b, s in zip(win.blocks, trained_shifts):     # restore the trained model
     b.attn.shift = s
 n_eval = len(hits_shift)
-lost, gained = int((hits_shift & ~hits_no_shift).sum()), int((~hits_shift & hits_no_shift).sum())
-change = 100 * (gained - lost) / n_eval                          # points; negative = a loss
-se = 100 * math.sqrt(max(lost + gained - (gained - lost) ** 2 / n_eval, 0)) / n_eval   # paired
+change, se, p_shift = ml.bench.paired_accuracy(hits_shift, hits_no_shift)   # points; negative = a loss
 word = ml.bench.quality_verdict(change, se, better="higher", worse="lower")
 print(f"window+shift ViT on {n_eval:,} test images (fp32): shifts as trained "
       f"{100 * hits_shift.float().mean():.1f}%, every shift 0 {100 * hits_no_shift.float().mean():.1f}%")
-print(f"change {change:+.1f} ± {se:.1f} points (paired), McNemar p = {ml.bench.mcnemar(hits_shift, hits_no_shift):.3g}: "
+print(f"change {change:+.1f} ± {se:.1f} points (paired), McNemar p = {p_shift:.3g}: "
       f"without shifts the accuracy is {word}")
 print(f"shifted blocks: {sum(s != (0, 0) for s in trained_shifts)} of {len(win.blocks)}; "
       f"the last block's shift leaves the logits unchanged (max |Δ| < 1e-6): {last_only_gap < 1e-6}")

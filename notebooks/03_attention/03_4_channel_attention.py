@@ -503,6 +503,12 @@ cost_table_models = ml.bench.Table(rows, columns=cost_columns,
 display(quality_table, cost_table_models)
 
 # %% tags=["remove-cell"]
+def accuracy_words(change, se):
+    """The prose's verdict on an accuracy change (points) with its paired standard error."""
+    return ml.bench.quality_verdict(change, se, better="more accurate than", worse="less accurate than",
+                                    same="not measurably different from")
+
+
 for name in variants:
     key = name.lower()
     ml.glue(f"a34_acc_{key}", 100 * by[name]["test accuracy"], ".2f")
@@ -512,10 +518,7 @@ for name in ("SE", "ECA"):
     key = name.lower()
     ml.glue(f"a34_dacc_{key}", by[name]["Δ vs baseline (points)"], "+.2f")
     ml.glue(f"a34_dse_{key}", by[name]["± paired s.e."], ".2f")
-    change, se = by[name]["Δ vs baseline (points)"], by[name]["± paired s.e."]
-    ml.glue(f"a34_verdict_{key}", ml.bench.quality_verdict(change, se, better="more accurate than",
-                                                          worse="less accurate than",
-                                                          same="not measurably different from"))
+    ml.glue(f"a34_verdict_{key}", accuracy_words(by[name]["Δ vs baseline (points)"], by[name]["± paired s.e."]))
     ml.glue(f"a34_p_{key}", by[name]["McNemar p"], ".2g")
     ml.glue(f"a34_thr_b1_{key}", 100 * (by[name]["img/s (batch 1)"] / by["baseline"]["img/s (batch 1)"] - 1), "+.1f")
     ml.glue(f"a34_thr_bbig_{key}",
@@ -685,9 +688,7 @@ for r in fixed_rows:
     key = r["model"].lower()
     ml.glue(f"a34_fixed_{key}", r["change (points)"], "+.2f")
     ml.glue(f"a34_fixed_p_{key}", r["McNemar p"], ".2g")
-    ml.glue(f"a34_fixed_verdict_{key}", ml.bench.quality_verdict(
-        r["change (points)"], r["± paired s.e."], better="more accurate than", worse="less accurate than",
-        same="not measurably different from"))
+    ml.glue(f"a34_fixed_verdict_{key}", accuracy_words(r["change (points)"], r["± paired s.e."]))
 # does the model rely on its per-image gates? only where constant gates are measurably worse
 relies = [r["model"] for r in fixed_rows
           if ml.bench.quality_verdict(r["change (points)"], r["± paired s.e."]) == "worse"]

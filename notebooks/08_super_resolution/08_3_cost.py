@@ -406,8 +406,7 @@ ml.bench.Table(route, headers={"fraction": "fraction of tiles to WindowSR", "flo
                title=f"bicubic for smooth tiles, WindowSR for the rest ({len(kept)} images of {', '.join(eval_sets)})")
 
 # %% tags=["remove-cell"]
-half_loss, half_loss_std, n_img = ml.bench.mean_spread([a - b for a, b in zip(per_image[1.0], per_image[0.5])])
-half_loss_se = half_loss_std / math.sqrt(n_img)
+half_loss, half_loss_se = ml.bench.paired_difference(per_image[0.5], per_image[1.0])
 gain_total = route[-1]["psnr"] - route[0]["psnr"]
 ml.glue("route_gain_total", gain_total, ".2f")
 ml.glue("route_half_loss", route[-1]["psnr"] - route[3]["psnr"], ".2f")
